@@ -1,0 +1,107 @@
+"""The model: shapes, parameter counts, gradients, loss at init, overfitting, the MPS pooling path."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet import MIN_INPUT_SIZE, AlexNet, adaptive_avg_pool_by_matmul, feature_map_size
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_match_the_paper_layout() -> None:
+    assert count(AlexNet()) == 62_378_344
+    assert count(AlexNet(num_classes=10, in_channels=1)) == 58_299_082
+
+
+@pytest.mark.parametrize("size, channels, classes", [(67, 3, 10), (96, 1, 7), (131, 3, 2), (224, 3, 1000), (227, 1, 5)])
+def test_output_shape_for_many_input_sizes(size: int, channels: int, classes: int) -> None:
+    model = AlexNet(num_classes=classes, in_channels=channels).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, size, size)).shape == (2, classes)
+
+
+def test_feature_map_sizes_tell_the_224_227_story() -> None:
+    assert feature_map_size(227) == 6  # the paper's 55 -> 27 -> 13 -> 6
+    assert feature_map_size(224) == 5  # 224 does not fit the arithmetic
+    assert feature_map_size(MIN_INPUT_SIZE) == 1
+    model = AlexNet(10).eval()
+    with torch.no_grad():
+        assert model.features(torch.randn(1, 3, 227, 227)).shape == (1, 256, 6, 6)
+        assert model.features(torch.randn(1, 3, 224, 224)).shape == (1, 256, 5, 5)
+
+
+def test_too_small_input_gives_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="at least 67x67"):
+        AlexNet(10)(torch.randn(1, 3, 66, 66))
+
+
+def test_non_square_input() -> None:
+    assert AlexNet(4).eval()(torch.randn(1, 3, 80, 150)).shape == (1, 4)
+
+
+def test_gradients_reach_every_parameter() -> None:
+    model = AlexNet(num_classes=10, in_channels=3)
+    loss = F.cross_entropy(model(torch.randn(4, 3, 67, 67)), torch.arange(4))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_loss_at_init_is_chance(classes: int) -> None:
+    model = AlexNet(num_classes=classes).eval()
+    with torch.no_grad():
+        loss = F.cross_entropy(model(torch.randn(32, 3, 67, 67)), torch.randint(0, classes, (32,)))
+    assert abs(loss.item() - math.log(classes)) < 0.1
+
+
+def test_activations_keep_their_scale_at_init() -> None:
+    """The init must neither blow up nor vanish the signal (the reason plain SGD stalls)."""
+    model = AlexNet(10).eval()
+    with torch.no_grad():
+        features = model.features(torch.randn(16, 3, 96, 96))
+        hidden = model.classifier[:-1](torch.flatten(F.adaptive_avg_pool2d(features, 6), 1))
+    for h in (features, hidden):
+        assert 0.1 < h.pow(2).mean().sqrt() < 10
+
+
+def test_overfits_one_tiny_batch() -> None:
+    model = AlexNet(num_classes=4, dropout=0.0)
+    images, labels = torch.randn(8, 3, 67, 67), torch.arange(8) % 4
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(60):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    assert (model(images).argmax(1) == labels).all()
+
+
+def test_dropout_only_in_training() -> None:
+    model = AlexNet(10)
+    x = torch.randn(2, 3, 67, 67)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 6, 7, 13])
+def test_matmul_pooling_equals_adaptive_pooling(size: int) -> None:
+    x = torch.randn(2, 3, size, size + 1)
+    assert torch.allclose(adaptive_avg_pool_by_matmul(x, 6), F.adaptive_avg_pool2d(x, 6), atol=1e-6)
+
+
+def test_config_rebuilds_the_same_architecture() -> None:
+    model = AlexNet(num_classes=7, in_channels=1, dropout=0.3)
+    clone = AlexNet(**model.config)
+    clone.load_state_dict(model.state_dict())
+    x = torch.randn(1, 1, 67, 67)
+    assert torch.equal(model.eval()(x), clone.eval()(x))
