@@ -65,19 +65,19 @@ def _render(labels: torch.Tensor, image_size: int, generator: torch.Generator) -
     t = ((x - 0.5) * torch.cos(angle) + (y - 0.5) * torch.sin(angle) + 0.71) / 1.42  # (N, 2S, 2S)
     image = colour_a + (colour_b - colour_a) * t.unsqueeze(1)  # (N, 3, 2S, 2S)
 
-    # Clutter: four line segments of random colour and width.
-    for _ in range(4):
+    # Clutter: three line segments of random colour and width.
+    for _ in range(3):
         p, q = rand(n, 2, 1, 1), rand(n, 2, 1, 1)
         d = q - p
         s = (((x - p[:, 0]) * d[:, 0] + (y - p[:, 1]) * d[:, 1]) / (d * d).sum(1).clamp_min(1e-6)).clamp(0, 1)
         dist2 = (x - p[:, 0] - s * d[:, 0]) ** 2 + (y - p[:, 1] - s * d[:, 1]) ** 2
-        width = 0.005 + 0.015 * rand(n, 1, 1)
+        width = 0.004 + 0.008 * rand(n, 1, 1)
         mask = (dist2 <= width**2).unsqueeze(1)
         image = torch.where(mask, rand(n, 3, 1, 1), image)
 
     # The shape: random radius, centre, rotation; a colour far from the background's mean in
     # every channel, so it never vanishes into the background.
-    radius = 0.2 + 0.18 * rand(n, 1, 1)
+    radius = 0.25 + 0.17 * rand(n, 1, 1)
     cx = radius + (1 - 2 * radius) * rand(n, 1, 1)
     cy = radius + (1 - 2 * radius) * rand(n, 1, 1)
     theta = rand(n, 1, 1) * 2 * math.pi
@@ -93,7 +93,7 @@ def _render(labels: torch.Tensor, image_size: int, generator: torch.Generator) -
     image = torch.where(inside.unsqueeze(1), foreground, image)
 
     image = torch.nn.functional.avg_pool2d(image, 2)  # (N, 3, 2S, 2S) -> (N, 3, S, S)
-    image = image + 0.06 * torch.randn(image.shape, generator=generator)  # sensor-like noise
+    image = image + 0.05 * torch.randn(image.shape, generator=generator)  # sensor-like noise
     return image.clamp(0, 1)
 
 

@@ -62,7 +62,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     parser.add_argument("--lr-step", type=int, default=6, help="StepLR: multiply the lr by --lr-gamma every this many epochs")
     parser.add_argument("--lr-gamma", type=float, default=0.1, help="StepLR factor")
-    parser.add_argument("--warmup-steps", type=int, default=100, help="linear lr warm-up from lr/100 over this many steps")
+    parser.add_argument("--warmup-steps", type=int, default=200, help="linear lr warm-up from lr/100 over this many steps")
     parser.add_argument("--max-steps", type=int, default=None, help="stop each epoch (training and validation) after this many batches: for smoke tests")
     # device and precision
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
@@ -301,6 +301,12 @@ def save_checkpoint(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def numpy_rng_state() -> tuple:
+    """NumPy's RNG state with its key array as a tensor, so weights_only loading accepts it."""
+    kind, keys, *rest = np.random.get_state()
+    return (kind, torch.from_numpy(keys.astype(np.int64)), *rest)
+
+
 def plot_curves(metrics: list[dict], path: Path) -> None:
     """Loss and accuracy against epoch, train and validation, as a PNG."""
     import matplotlib
@@ -334,6 +340,15 @@ def progress(step: int, total: int, loss: float, top1: float, seconds: float, in
             print("\r" + " " * 100 + "\r", end="", flush=True)
     elif step % log_interval == 0 or step == total:
         print(f"  step {step}/{total}  loss {loss:.3f}  top-1 {100 * top1:5.1f}%  {seconds:.0f}s", flush=True)
+
+
+def save_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path, count: int = 8) -> None:
+    """A few validation images as PNG files, named after their class, for the inference demo."""
+    folder.mkdir(exist_ok=True)
+    for i in range(min(count, len(labels))):
+        image = images[i].cpu()
+        name = classes[int(labels[i])].replace("/", "_").replace(" ", "_")
+        TF.to_pil_image(image).save(folder / f"{i:02d}_{name}.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -383,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         train_set, val_set, classes, preprocess = load_folder(args, channels)
         loader_options = {"batch_size": args.batch_size, "num_workers": args.workers, "pin_memory": device.type == "cuda",
                           "persistent_workers": args.workers > 0}
-        train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=True, **loader_options)
+        train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=len(train_set) > args.batch_size, **loader_options)
         val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_options)
         train_spec = {"mean": preprocess["mean"], "std": preprocess["std"]}
         num_train, num_val = len(train_set), len(val_set)
@@ -434,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Optimiser and schedule -------------------------------------------------------------------
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    # Warm-up (not in the paper): a few hundred small steps let the randomly initialised network
+    # PAPER: no warm-up there. A few hundred small steps let the randomly initialised network
     # settle before the full learning rate; without it plain SGD on AlexNet often diverges or stalls.
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=max(args.warmup_steps, 1))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
@@ -449,7 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         scheduler.load_state_dict(resume["scheduler"])
         start_epoch, best_top1 = resume["epoch"] + 1, resume["best_top1"]
         torch.set_rng_state(resume["rng"]["torch"])
-        np.random.set_state(resume["rng"]["numpy"])
+        kind, keys, *rest = resume["rng"]["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
         random.setstate(resume["rng"]["python"])
         metrics_path = run_dir / "metrics.jsonl"
         metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
@@ -477,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
             "epoch": epoch,
             "best_top1": best_top1,
             "args": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate()},
         }
 
     # Loop -------------------------------------------------------------------------------------
@@ -485,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     step = warmup.last_epoch
     for epoch in range(start_epoch, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        print(f"Epoch {epoch}/{args.epochs}  lr {scheduler.get_last_lr()[0]:.4g}")
+        print(f"Epoch {epoch}/{args.epochs}  lr {lr:.4g}")
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -553,15 +569,6 @@ def main(argv: list[str] | None = None) -> None:
     samples = sorted((run_dir / "samples").glob("*.png"))
     if samples:
         print(f"Try: python inference.py {samples[0]}")
-
-
-def save_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path, count: int = 8) -> None:
-    """A few validation images as PNG files, named after their class, for the inference demo."""
-    folder.mkdir(exist_ok=True)
-    for i in range(min(count, len(labels))):
-        image = images[i].cpu()
-        name = classes[int(labels[i])].replace("/", "_").replace(" ", "_")
-        TF.to_pil_image(image).save(folder / f"{i:02d}_{name}.png")
 
 
 if __name__ == "__main__":

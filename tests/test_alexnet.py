@@ -67,14 +67,15 @@ def test_activations_keep_their_scale_at_init() -> None:
     with torch.no_grad():
         features = model.features(torch.randn(16, 3, 96, 96))
         hidden = model.classifier[:-1](torch.flatten(F.adaptive_avg_pool2d(features, 6), 1))
+    # PyTorch's default init gives ~0.03 and ~0.01 here (the stall).
     for h in (features, hidden):
-        assert 0.1 < h.pow(2).mean().sqrt() < 10
+        assert 0.3 < h.pow(2).mean().sqrt() < 10
 
 
 def test_overfits_one_tiny_batch() -> None:
     model = AlexNet(num_classes=4, dropout=0.0)
     images, labels = torch.randn(8, 3, 67, 67), torch.arange(8) % 4
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
     for _ in range(60):
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad()
