@@ -50,7 +50,7 @@ def test_train_writes_the_run_directory(shapes_run: Path) -> None:
     assert checkpoint["epoch"] == 2
     assert checkpoint["classes"][0] == "circle"
     assert checkpoint["preprocess"]["in_channels"] == 3 and checkpoint["preprocess"]["image_size"] == 67
-    assert {"optimizer", "scheduler", "warmup", "rng", "model_config"} <= checkpoint.keys()
+    assert {"optimizer", "step_schedule", "epoch_schedule", "scaler", "rng", "model_config"} <= checkpoint.keys()
 
 
 def test_inference_defaults_to_the_latest_run(shapes_run: Path) -> None:
