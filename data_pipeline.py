@@ -193,12 +193,17 @@ class FolderFiles(torch.utils.data.Dataset):
             return None, label
 
 
-def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack a batch, leaving out the unreadable files (None)."""
-    batch = [(image, label) for image, label in batch if image is not None]
-    if not batch:
-        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    return torch.stack([image for image, _ in batch]), torch.tensor([label for _, label in batch])
+def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack a batch, leaving out the unreadable files (None) -> (images, labels, which were unreadable).
+
+    One stacked tensor per batch, not one per image: workers share tensors with the main process
+    through file descriptors, and thousands of small ones would exhaust the limit on open files.
+    """
+    readable = [(image, label) for image, label in batch if image is not None]
+    unreadable = torch.tensor([image is None for image, _ in batch])
+    if not readable:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), unreadable
+    return torch.stack([image for image, _ in readable]), torch.tensor([label for _, label in readable]), unreadable
 
 
 class Streaming:
@@ -229,7 +234,7 @@ class Streaming:
     def batches(self, shuffle: bool, seed: int = 0):
         """(uint8 images, labels) batches on the device; training sets are shuffled by `seed`."""
         self.order.manual_seed(seed)
-        for images, labels in self.loader:
+        for images, labels, _ in self.loader:
             if len(labels):
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -285,24 +290,22 @@ def store_size_for(samples: list[tuple[Path, int]], resize_size: int) -> int:
 def decode_folder(samples: list[tuple[Path, int]], channels: int, size: int, workers: int) -> tuple:
     """Decode files in parallel -> (uint8 images (N, C, size, size), labels, unreadable paths)."""
     files = FolderFiles(samples, channels, size)
-    loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers, collate_fn=list)
+    loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers, collate_fn=collate_readable)
     images, labels, bad = [], [], []
     done = 0
-    for batch in loader:
-        for (image, label), (path, _) in zip(batch, samples[done : done + len(batch)]):
-            if image is None:
-                bad.append(str(path))
-            else:
-                images.append(image)
-                labels.append(label)
-        done += len(batch)
+    for batch_images, batch_labels, unreadable in loader:
+        images.append(batch_images)
+        labels.append(batch_labels)
+        bad += [str(path) for (path, _), skipped in zip(samples[done : done + len(unreadable)], unreadable.tolist()) if skipped]
+        done += len(unreadable)
         if sys.stdout.isatty():
             print(f"\r  decoded {done}/{len(samples)}", end="", flush=True)
     if sys.stdout.isatty():
         print("\r" + " " * 40 + "\r", end="")
+    images = [batch for batch in images if len(batch)]
     if not images:
         return torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), bad
-    return torch.stack(images), torch.tensor(labels), bad
+    return torch.cat(images), torch.cat(labels), bad
 
 
 def cached_decode(split_dir: Path, samples: list, channels: int, size: int, workers: int, cache_dir: Path) -> tuple:

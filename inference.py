@@ -63,7 +63,12 @@ def eval_transform(images: torch.Tensor, preprocess: dict) -> torch.Tensor:
     (..., C, H, W) uint8 -> (..., C, S, S) float32, normalised: resize the shorter side to
     `resize_size`, centre-crop `image_size`, scale to [0, 1], subtract the mean, divide by the std.
     """
-    x = TF.resize(images, [preprocess["resize_size"]], antialias=True)
+    side = min(images.shape[-2:])
+    # Only the central square can end up in the crop: cut it first, so that a long, thin image
+    # (say 1 x 1,000,000 pixels, within PIL's pixel limit) is never resized whole.
+    x = TF.center_crop(images, [side, side])
+    if side != preprocess["resize_size"]:
+        x = TF.resize(x, [preprocess["resize_size"]] * 2, antialias=True)
     x = TF.center_crop(x, [preprocess["image_size"]])
     x = TF.to_dtype(x, torch.float32, scale=True)
     return TF.normalize(x, preprocess["mean"], preprocess["std"])
