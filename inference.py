@@ -4,12 +4,23 @@ Usage:
     python inference.py runs/shapes-*/samples/*.png          # best.pt of the most recent run
     python inference.py photo.jpg photos/ --checkpoint runs/cifar10/best.pt --topk 3
     python inference.py photo.jpg --labels imagenet_classes.txt --json
+    python inference.py photo.jpg --weights imagenet --tta 10crop --plot top5.png   # torchvision's ImageNet weights
+
+`--tta 10crop` averages the softmax over ten crops per image, the paper's test-time augmentation
+(see ten_crop_transform). `--plot OUT.png` draws each image beside a bar chart of its top-k
+classes; with more than one image file, OUT gets the image's index (counted from 0 over the image
+files, in the order given, directories expanded) before its suffix: out-0.png, out-1.png, ...
+`--weights imagenet` uses torchvision's pretrained AlexNet (IMAGENET1K_V1, ImageNet's 1000
+classes) instead of a checkpoint: downloaded once into torch's cache ($TORCH_HOME/hub/checkpoints/,
+by default ~/.cache/torch/hub/checkpoints/); offline, copy the file there (the error says where).
 
 In a notebook:
     >>> from inference import load_checkpoint, predict
     >>> model, meta = load_checkpoint("runs/shapes/best.pt")
     >>> predict(model, meta, ["a.png", PIL.Image.open("b.jpg")], topk=3)
     [[('circle', 0.97), ('ring', 0.02), ('flower', 0.01)], ...]
+    >>> predict(model, meta, ["a.png"], tta="10crop")                 # the paper's ten-crop testing
+    >>> model, meta = load_imagenet_weights()                           # torchvision's ImageNet weights
 
 Bad inputs raise one documented error each, with a one-line message that names the file:
 BadImageError for an image file that cannot be read, CheckpointError for a checkpoint that cannot
@@ -17,6 +28,7 @@ be used. The command line reports them as `error: ...` and exits with status 1.
 """
 
 import argparse
+import contextlib
 import json
 import pickle
 import re
@@ -25,6 +37,8 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import urlparse
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -38,6 +52,11 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 REFUSED_FORMATS = {"EPS"}
 CHECKPOINT_KEYS = ("model", "model_config", "classes", "preprocess")
 PREPROCESS_KEYS = ("image_size", "resize_size", "mean", "std", "in_channels")
+TTA_MODES = ("none", "10crop")
+# The evaluation preprocessing torchvision's ImageNet weights were trained for (their transforms():
+# resize 256, centre crop 224, ImageNet's mean and std).
+IMAGENET_PREPROCESS = {"image_size": 224, "resize_size": 256, "mean": [0.485, 0.456, 0.406],
+                       "std": [0.229, 0.224, 0.225], "in_channels": 3}
 
 
 class BadImageError(ValueError):
@@ -57,21 +76,53 @@ class CheckpointError(ValueError):
     """
 
 
+class DownloadError(CheckpointError):
+    """Pretrained weights that are not in torch's cache and cannot be downloaded (no network, a
+    proxy, an HTTP error). The message is one line naming the cache path to copy the file to and
+    the URL to fetch it from elsewhere.
+    """
+
+
 def eval_transform(images: torch.Tensor, preprocess: dict) -> torch.Tensor:
     """The evaluation preprocessing, shared by train.py's validation and by inference.
 
     (..., C, H, W) uint8 -> (..., C, S, S) float32, normalised: resize the shorter side to
     `resize_size`, centre-crop `image_size`, scale to [0, 1], subtract the mean, divide by the std.
     """
-    side = min(images.shape[-2:])
-    # Only the central square can end up in the crop: cut it first, so that a long, thin image
-    # (say 1 x 1,000,000 pixels, within PIL's pixel limit) is never resized whole.
-    x = TF.center_crop(images, [side, side])
-    if side != preprocess["resize_size"]:
-        x = TF.resize(x, [preprocess["resize_size"]] * 2, antialias=True)
-    x = TF.center_crop(x, [preprocess["image_size"]])
+    x = TF.center_crop(resized_square(images, preprocess["resize_size"]), [preprocess["image_size"]])
     x = TF.to_dtype(x, torch.float32, scale=True)
     return TF.normalize(x, preprocess["mean"], preprocess["std"])
+
+
+def resized_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., C, H, W) -> (..., C, size, size): the central square, resized (the shorter side to `size`)."""
+    side = min(images.shape[-2:])
+    # Only the central square can end up in a crop: cut it first, so that a long, thin image
+    # (say 1 x 1,000,000 pixels, within PIL's pixel limit) is never resized whole.
+    x = TF.center_crop(images, [side, side])
+    if side != size:
+        x = TF.resize(x, [size, size], antialias=True)
+    return x
+
+
+def ten_crop_transform(images: torch.Tensor, preprocess: dict) -> torch.Tensor:
+    """The paper's ten-crop testing: (..., C, H, W) uint8 -> (..., 10, C, S, S) float32, normalised.
+
+    As the paper (section 4.1) describes it: the central square resized to `resize_size` (256 for
+    ImageNet, as in eval_transform), then its four corner and its central S x S patches
+    (S = `image_size`) and their horizontal reflections, in that order: top-left, top-right,
+    bottom-left, bottom-right, centre, then the same five mirrored. Averaging the softmax over
+    the ten (predict(..., tta="10crop")) is the paper's test-time prediction. A batch
+    (B, C, H, W) gives (B, 10, C, S, S), on the images' device.
+    """
+    x = resized_square(images, preprocess["resize_size"])
+    size = preprocess["image_size"]
+    # The reflections of the five patches, as the paper says; not the patches of the reflected
+    # image, which differ from these in the centre patch by a pixel when resize - size is odd.
+    five = torch.stack(TF.five_crop(x, [size, size]), dim=-4)  # (..., 5, C, S, S)
+    crops = torch.cat([five, five.flip(-1)], dim=-4)  # (..., 10, C, S, S)
+    crops = TF.to_dtype(crops, torch.float32, scale=True)
+    return TF.normalize(crops, preprocess["mean"], preprocess["std"])
 
 
 # Images ---------------------------------------------------------------------------------------
@@ -322,19 +373,87 @@ def check_weights(model: AlexNet, weights: dict, path: Path) -> None:
             raise CheckpointError(f"{path}: weight {key} holds NaN or infinite values (saved from a diverged run?)")
 
 
+# torchvision's pretrained weights -------------------------------------------------------------
+
+
+def imagenet_weights():
+    """torchvision's AlexNet_Weights.IMAGENET1K_V1 (its URL, class names, and the file's cache location)."""
+    from torchvision.models import AlexNet_Weights  # imported here: torchvision.models is slow to import
+
+    return AlexNet_Weights.IMAGENET1K_V1
+
+
+def imagenet_cache_path() -> Path:
+    """Where torch's cache keeps the IMAGENET1K_V1 file: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth
+    (by default ~/.cache/torch/...), the file name from the weights' URL, as torch.hub names it."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(imagenet_weights().url).path).name
+
+
+def imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet AlexNet weights (IMAGENET1K_V1) as a state_dict for
+    `AlexNet.from_torchvision` (train.py fine-tunes from it).
+
+    Fetched through torchvision's own API, which reads the file from torch's cache (see
+    imagenet_cache_path) or downloads it there first (233 MB; `progress` shows a bar on stderr).
+    Read with weights_only=True like any checkpoint. Raises DownloadError (one line: the URL and
+    the cache path to copy the file to) when the file is not cached and cannot be downloaded, and
+    CheckpointError when the cached file is unusable (truncated, not these weights).
+    """
+    weights = imagenet_weights()
+    path = imagenet_cache_path()
+    try:
+        # torch.hub announces a download on stdout: keep stdout for the results (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            state_dict = weights.get_state_dict(progress=progress, weights_only=True)
+    except Exception as error:
+        if not path.is_file():  # nothing cached (torch.hub moves a download into place only once complete): no network, HTTP error, ...
+            reason = error if isinstance(error, HTTPError) else getattr(error, "reason", None) or error  # URLError wraps the socket error
+            reason = first_sentence(str(reason)) or type(error).__name__
+            raise DownloadError(f"{path}: torchvision's ImageNet weights are not cached here and downloading them failed "
+                                f"({reason}); without network, fetch {weights.url} elsewhere and copy it to this path") from None
+        if isinstance(error, OSError):  # e.g. no permission to read the cached file
+            raise CheckpointError(f"{path}: cannot read it ({first_sentence(str(error)) or type(error).__name__})") from None
+        # torch.load's errors on a truncated, corrupt or unsafe file
+        raise CheckpointError(f"{path}: {checkpoint_error_reason(path, error)}; delete it to download it again") from None
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: holds a {type(state_dict).__name__}, not a state_dict; delete it to download it again")
+    with torch.device("meta"):  # shapes only: building the 61M-parameter model for real would cost time and memory
+        expected = AlexNet.torchvision()
+    check_weights(expected, state_dict, path)
+    return state_dict
+
+
+def load_imagenet_weights(device: str | torch.device = "cpu", progress: bool = True) -> tuple[AlexNet, dict]:
+    """torchvision's pretrained AlexNet (IMAGENET1K_V1) in this repository's AlexNet, in eval mode
+    on `device`, with meta like load_checkpoint's: ImageNet's 1000 class names as torchvision ships
+    them ("tench", "goldfish", ...) and IMAGENET_PREPROCESS. Raises DownloadError or
+    CheckpointError as imagenet_state_dict does.
+    """
+    model = AlexNet.from_torchvision(imagenet_state_dict(progress))
+    meta = {"classes": list(imagenet_weights().meta["categories"]), "preprocess": dict(IMAGENET_PREPROCESS)}
+    return model.to(device).eval(), meta
+
+
 # Classifying ----------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def predict(
-    model: AlexNet, meta: dict, images: list, topk: int = 5, batch_size: int = 64
+    model: AlexNet, meta: dict, images: list, topk: int = 5, batch_size: int = 64, tta: str | None = None
 ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) pairs, best first, for each image.
 
     `images` may mix file paths, PIL images and uint8 tensors (C, H, W); tensors of another dtype
-    are taken as already preprocessed (C, S, S) model inputs. A path that cannot be read as an
-    image raises BadImageError.
+    are taken as already preprocessed model inputs: (C, S, S), or (10, C, S, S) with tta="10crop".
+    A path that cannot be read as an image raises BadImageError.
+    `tta`: None or "none" classifies the centre crop (eval_transform); "10crop" averages the
+    softmax over the paper's ten crops (ten_crop_transform), ten times the work. `batch_size`
+    counts model inputs: with "10crop", batch_size // 10 images (at least one) go through at once.
     """
+    if tta not in (None, *TTA_MODES):
+        raise ValueError(f"tta must be None or one of {TTA_MODES}, got {tta!r}")
+    ten_crop = tta == "10crop"
+    transform = ten_crop_transform if ten_crop else eval_transform
     device = next(model.parameters()).device
     preprocess, classes = meta["preprocess"], meta["classes"]
     inputs = []
@@ -343,11 +462,18 @@ def predict(
             image = load_image(image, preprocess["in_channels"])
         elif isinstance(image, Image.Image):
             image = pil_to_uint8(image, preprocess["in_channels"])
-        inputs.append(eval_transform(image, preprocess) if image.dtype == torch.uint8 else image)
+        elif image.dtype != torch.uint8 and image.ndim != (4 if ten_crop else 3):
+            expected = "(10, C, S, S) crops with tta='10crop'" if ten_crop else "(C, S, S)"
+            raise ValueError(f"a preprocessed input must be {expected}, got shape {tuple(image.shape)}")
+        inputs.append(transform(image, preprocess) if image.dtype == torch.uint8 else image)
+    images_per_batch = max(1, batch_size // 10) if ten_crop else batch_size
     results = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.stack(inputs[start : start + batch_size]).to(device)
-        probabilities = model(batch).float().softmax(dim=1)  # (B, num_classes)
+    for start in range(0, len(inputs), images_per_batch):
+        batch = torch.stack(inputs[start : start + images_per_batch]).to(device)  # (B, C, S, S) or (B, 10, C, S, S)
+        logits = model(batch.flatten(0, 1) if ten_crop else batch).float()
+        probabilities = logits.softmax(dim=1)  # (B, num_classes), or (B * 10, num_classes)
+        if ten_crop:
+            probabilities = probabilities.view(len(batch), 10, -1).mean(dim=1)  # average the ten crops' softmax
         values, indices = probabilities.topk(min(topk, len(classes)), dim=1)
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
             results.append([(classes[i], p) for i, p in zip(row_indices, row_values)])
@@ -399,51 +525,79 @@ def read_labels(parser: argparse.ArgumentParser, name: str, num_classes: int) ->
     return labels
 
 
-def main() -> None:
+def plot_path(out: Path, index: int, several: bool) -> Path:
+    """--plot's file for the image file at `index`: OUT itself for a single image, else OUT with
+    the index before its suffix (out.png -> out-0.png, out-1.png, ...)."""
+    return out.with_name(f"{out.stem}-{index}{out.suffix}") if several else out
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files or directories of images")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint to use (default: best.pt of the newest run in --runs-dir)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=None, help="checkpoint to use (default: best.pt of the newest run in --runs-dir)")
+    source.add_argument("--weights", default=None, choices=["imagenet"],
+                        help="instead of a checkpoint: torchvision's pretrained ImageNet AlexNet (IMAGENET1K_V1), "
+                             "downloaded once into $TORCH_HOME/hub/checkpoints/")
     parser.add_argument("--runs-dir", default="runs", help="where train.py writes its runs")
     parser.add_argument("--topk", type=int, default=5, help="how many classes to show per image")
     parser.add_argument("--labels", default=None, help="text file with one class name per line, overriding the checkpoint's")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    args = parser.parse_args()
+    parser.add_argument("--batch-size", type=int, default=64, help="model inputs per forward pass (an image is 10 with --tta 10crop)")
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                        help="test-time augmentation: none (centre crop) or 10crop (the paper's ten crops, softmax averaged)")
+    parser.add_argument("--plot", default=None, metavar="OUT.png",
+                        help="draw each image beside its top-k bar chart; with several image files, OUT-<index>.png per image")
+    args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error("--topk must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.runs_dir))
-    if checkpoint is None:
-        parser.error(f"no checkpoint found in {args.runs_dir}/*/best.pt: train first (python train.py) or pass --checkpoint")
-    if not checkpoint.exists():
-        parser.error(f"--checkpoint {checkpoint}: no such file")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        parser.error(f"--plot {args.plot}: the picture is a PNG; give a file name ending in .png")
+    if args.plot and not Path(args.plot).parent.is_dir():
+        parser.error(f"--plot {args.plot}: no such directory {Path(args.plot).parent}")
+
+    checkpoint = None
+    if not args.weights:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.runs_dir))
+        if checkpoint is None:
+            parser.error(f"no checkpoint found in {args.runs_dir}/*/best.pt: train first (python train.py), "
+                         "pass --checkpoint, or use --weights imagenet")
+        if not checkpoint.exists():
+            parser.error(f"--checkpoint {checkpoint}: no such file")
     check_device(parser, args.device)
     try:
-        model, meta = load_checkpoint(checkpoint, args.device)
-    except CheckpointError as error:  # one line, not a traceback; a broken input is not a usage error: status 1
+        if checkpoint is None:
+            model, meta = load_imagenet_weights(args.device)
+        else:
+            model, meta = load_checkpoint(checkpoint, args.device)
+    except CheckpointError as error:  # one line, not a traceback; a broken input (or no network) is not a usage error: status 1
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     if args.labels:
         meta["classes"] = read_labels(parser, args.labels, len(meta["classes"]))
 
     # Decode every file first: a bad file is reported and skipped, the others still classified.
-    good, decoded, failures = [], [], 0
+    good, indices, decoded, failures, count = [], [], [], 0, 0
     for name in args.images:
         files = expand_inputs([name])
         if not files:  # a directory without a single image file
             print(f"error: {name}: no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory", file=sys.stderr)
             failures += 1
         for path in files:
+            count += 1
             try:
                 decoded.append(load_image(path, meta["preprocess"]["in_channels"]))
                 good.append(path)
+                indices.append(count - 1)  # --plot numbers every image file, so a bad one does not shift the others
             except BadImageError as error:
                 print(f"error: {error}", file=sys.stderr)
                 failures += 1
-    results = predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size) if decoded else []
+    tta = None if args.tta == "none" else args.tta
+    results = predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=tta) if decoded else []
 
     for path, top in zip(good, results):
         if args.json:
@@ -452,6 +606,12 @@ def main() -> None:
             print(f"{path}:")
             for name, probability in top:
                 print(f"  {100 * probability:6.2f}%  {name}")
+    if args.plot:
+        from plots import plot_topk  # imported here: matplotlib only when a picture is asked for
+
+        for path, index, image, top in zip(good, indices, decoded, results):
+            plot_topk(image, top, plot_path(Path(args.plot), index, count > 1), title=path.name)
+
     if failures:
         print(f"{failures} of {failures + len(good)} inputs could not be classified", file=sys.stderr)
         sys.exit(1)
