@@ -157,7 +157,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         scaler.step(optimizer)
         scaler.update()
 
-    batches = forever(lambda epoch: train.batches(shuffle=True, seed=epoch))
+    batches = forever(lambda epoch: train.batches(seed=epoch))
     seconds = time_steps(step, batches, args.warmup, args.steps, device)
     precision = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "") + " autocast"
     return {

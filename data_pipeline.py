@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -109,18 +110,55 @@ def crops_on_cpu(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
 
 
 def train_transform_batch(
-    images: torch.Tensor, spec: dict, generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format
+    images: torch.Tensor,
+    spec: dict,
+    generator: torch.Generator,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> torch.Tensor:
-    """Augment a uint8 batch (N, C, H, W) on its device: crop, flip, resize to (S, S), normalise -> float32."""
+    """Augment a uint8 batch (N, C, H, W) on its device: crop, flip, resize to (S, S), normalise,
+    PCA lighting noise -> float32.
+
+    With several processes the random numbers are drawn for the whole global batch (N x
+    world_size) on every process, which keeps its own slice: an image gets the same crop whether
+    one process trains on it or several.
+    """
     n, _, height, width = images.shape
-    boxes = crop_boxes(n, height, width, spec, generator)
-    flips = torch.rand(n, generator=generator) < 0.5 if spec["flip"] else torch.zeros(n, dtype=torch.bool)
+    mine = slice(rank * n, (rank + 1) * n)
+    boxes = crop_boxes(n * world_size, height, width, spec, generator)[mine]
+    flips = (torch.rand(n * world_size, generator=generator) < 0.5)[mine] if spec["flip"] else torch.zeros(n, dtype=torch.bool)
     pad = spec["crop_padding"] if spec["augment"] == "crop" else 0
     if images.device.type == "cpu":
         x = crops_on_cpu(images, boxes, flips, spec["image_size"], pad).contiguous(memory_format=memory_format)
     else:
         x = crops_by_grid(images, boxes, flips, spec["image_size"], "zeros" if pad else "border").contiguous(memory_format=memory_format)
-    return normalize(x, spec["mean"], spec["std"])
+    x = normalize(x, spec["mean"], spec["std"])
+    if spec["lighting"]:
+        alpha = spec["lighting"] * torch.randn(n * world_size, 3, generator=generator)[mine]
+        shift = lighting_shift(alpha, spec["eigval"], spec["eigvec"]) / torch.tensor(spec["std"])  # in normalised units
+        x += shift.to(x.device)[:, :, None, None]
+    return x
+
+
+# The paper's "fancy PCA" colour augmentation: the principal components of ImageNet's RGB pixel
+# values (pixels in [0, 1]), eigenvalues in decreasing order; column j of the eigenvector matrix
+# belongs to eigenvalue j (some reimplementations pair them in reverse order).
+IMAGENET_EIGVAL = [0.2175, 0.0188, 0.0045]
+IMAGENET_EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+
+
+def lighting_shift(alpha: torch.Tensor, eigval: list[float], eigvec: list[list[float]]) -> torch.Tensor:
+    """The RGB shift [p1, p2, p3] [alpha1 l1, alpha2 l2, alpha3 l3]^T of each image (alpha: (N, 3)) -> (N, 3)."""
+    return (alpha * torch.tensor(eigval)) @ torch.tensor(eigvec).T
+
+
+def pca_lighting_stats(images: torch.Tensor, limit: int = 2000) -> tuple[list[float], list[list[float]]]:
+    """Eigenvalues (decreasing) and eigenvectors (columns) of the RGB covariance of uint8 images
+    (N, 3, H, W) in [0, 1] units, over `limit` of them: the paper's PCA, on your own data."""
+    pixels = images[:limit].cpu().permute(1, 0, 2, 3).reshape(3, -1).double().div(255)  # (3, pixels)
+    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels))  # increasing order
+    return eigval.flip(0).tolist(), eigvec.flip(1).tolist()
 
 
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -150,28 +188,43 @@ def channel_stats(images: torch.Tensor, limit: int = 10000) -> tuple[list[float]
 # Datasets as batches of uint8 images on the device.
 
 
+def shard_order(n: int, batch_size: int, train: bool, seed: int, rank: int, world_size: int) -> torch.Tensor:
+    """The indices this process reads in an epoch, batch after batch.
+
+    Training: a permutation fixed by `seed`, cut into global batches of batch_size x world_size
+    (the last partial one dropped: equal shapes every step for cuDNN and torch.compile); process
+    `rank` reads its own batch_size slice of each. With 2 processes, global batch i is exactly
+    batch i of a single process with twice the batch size. Evaluation: every index exactly once
+    over all processes, in file order, no padding (so metrics summed over processes are exact).
+    """
+    if not train:
+        return torch.arange(rank, n, world_size)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    global_batch = batch_size * world_size
+    if n < global_batch:  # a tiny dataset: one short batch (split over the processes)
+        return order[rank::world_size]
+    return order[: n // global_batch * global_batch].view(-1, world_size, batch_size)[:, rank].flatten()
+
+
 class InMemory:
     """A labelled uint8 image tensor (N, C, R, R) on the device, served in batches."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, device: torch.device) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.images, self.labels = images.to(device), labels.to(device)
-        # Training drops the last partial batch: equal shapes every step (cuDNN, torch.compile).
-        self.batch_size, self.drop_last = batch_size, train and len(labels) > batch_size
+        self.batch_size, self.train, self.rank, self.world_size = batch_size, train, rank, world_size
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def num_batches(self) -> int:
-        return len(self) // self.batch_size if self.drop_last else math.ceil(len(self) / self.batch_size)
+        return math.ceil(len(shard_order(len(self), self.batch_size, self.train, 0, self.rank, self.world_size)) / self.batch_size)
 
-    def batches(self, shuffle: bool, seed: int = 0):
-        """(uint8 images, labels) batches, in an order fixed by `seed` when shuffled."""
-        if shuffle:
-            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).to(self.labels.device)
-        else:
-            order = torch.arange(len(self), device=self.labels.device)
-        for i in range(self.num_batches()):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+    def batches(self, seed: int = 0, start: int = 0):
+        """(uint8 images, labels) batches from batch `start` on, shuffled by `seed` when training."""
+        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size).to(self.labels.device)
+        for i in range(start * self.batch_size, len(order), self.batch_size):
+            index = order[i : i + self.batch_size]
             yield self.images[index], self.labels[index]
 
 
@@ -206,20 +259,26 @@ def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return torch.stack([image for image, _ in readable]), torch.tensor([label for _, label in readable]), unreadable
 
 
+def ignore_ctrl_c(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves a checkpoint before stopping."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Streaming:
     """An image folder decoded by DataLoader workers, served as uint8 (N, C, R, R) batches on the device."""
 
-    def __init__(self, files: FolderFiles, batch_size: int, train: bool, workers: int, device: torch.device) -> None:
-        self.files, self.batch_size, self.device = files, batch_size, device
-        self.order = torch.Generator()
+    def __init__(self, files: FolderFiles, batch_size: int, train: bool, workers: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.files, self.batch_size, self.train, self.device = files, batch_size, train, device
+        self.rank, self.world_size = rank, world_size
+        self.order = []  # the sampler: refilled in place every epoch, read by the persistent loader
         self.loader = torch.utils.data.DataLoader(
             files,
             batch_size=batch_size,
-            # Training: shuffled (order fixed by the seed given to batches), equal-sized batches.
-            sampler=torch.utils.data.RandomSampler(files, generator=self.order) if train else None,
-            drop_last=train and len(files) > batch_size,
+            sampler=self.order,
             num_workers=workers,
             collate_fn=collate_readable,
+            worker_init_fn=ignore_ctrl_c,
             pin_memory=device.type == "cuda",  # page-locked buffers: asynchronous host-to-GPU copies
             persistent_workers=workers > 0,  # no worker start-up cost every epoch
             prefetch_factor=4 if workers > 0 else None,
@@ -229,13 +288,13 @@ class Streaming:
         return len(self.files)
 
     def num_batches(self) -> int:
-        return len(self.loader)
+        return math.ceil(len(shard_order(len(self), self.batch_size, self.train, 0, self.rank, self.world_size)) / self.batch_size)
 
-    def batches(self, shuffle: bool, seed: int = 0):
-        """(uint8 images, labels) batches on the device; training sets are shuffled by `seed`."""
-        self.order.manual_seed(seed)
+    def batches(self, seed: int = 0, start: int = 0):
+        """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training."""
+        self.order[:] = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)[start * self.batch_size :].tolist()
         for images, labels, _ in self.loader:
-            if len(labels):
+            if len(labels):  # a batch of unreadable files only
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
@@ -290,7 +349,7 @@ def store_size_for(samples: list[tuple[Path, int]], resize_size: int) -> int:
 def decode_folder(samples: list[tuple[Path, int]], channels: int, size: int, workers: int) -> tuple:
     """Decode files in parallel -> (uint8 images (N, C, size, size), labels, unreadable paths)."""
     files = FolderFiles(samples, channels, size)
-    loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers, collate_fn=collate_readable)
+    loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers, collate_fn=collate_readable, worker_init_fn=ignore_ctrl_c)
     images, labels, bad = [], [], []
     done = 0
     for batch_images, batch_labels, unreadable in loader:
@@ -389,12 +448,16 @@ def load_torchvision(name: str, root: str, download: bool) -> tuple:
     return (*as_tensors(train), *as_tensors(val), list(train.classes))
 
 
-def augmentation_spec(augment: str, source: str, store_size: int, image_size: int, mean: list, std: list) -> dict:
+def augmentation_spec(augment: str, source: str, store_size: int, image_size: int, mean: list, std: list,
+                      lighting: float = 0.0, eigen: tuple | None = None) -> dict:
     """What train_transform_batch does to a batch. "auto": pad-and-crop for small stored images
-    (CIFAR, MNIST; none for the centred shapes), torchvision's RandomResizedCrop for photos."""
+    (CIFAR, MNIST; none for the centred shapes), torchvision's RandomResizedCrop for photos.
+    lighting: the std of the PCA lighting noise (the paper: 0.1; 0 = off), along `eigen`
+    (eigenvalues, eigenvectors), ImageNet's by default."""
     if augment == "auto":
         augment = "crop" if store_size < image_size else "resized-crop"
     small = store_size < image_size
+    eigval, eigvec = eigen or (IMAGENET_EIGVAL, IMAGENET_EIGVEC)
     return {
         "augment": augment,
         "image_size": image_size,
@@ -406,6 +469,9 @@ def augmentation_spec(augment: str, source: str, store_size: int, image_size: in
         "flip": source not in ("mnist",),  # a mirrored digit is another glyph (or none)
         "mean": mean,
         "std": std,
+        "lighting": lighting,
+        "eigval": eigval,
+        "eigvec": eigvec,
     }
 
 
@@ -425,12 +491,21 @@ def load_data(
     batch_size: int,
     seed: int,
     device: torch.device,
+    lighting: float = 0.0,
+    lighting_pca: str = "imagenet",
+    normalization: tuple[list[float], list[float]] | None = None,
+    max_bad_files: int = 10,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple:
     """Train and validation data for `source` (a DATASETS name or "folder" with data_dir).
 
     Returns (train, val, classes, preprocess, spec): train and val yield uint8 batches on
-    `device` (InMemory or Streaming); preprocess is the evaluation preprocessing stored in
-    checkpoints (see inference.eval_transform); spec is train_transform_batch's augmentation.
+    `device` (InMemory or Streaming), this process's share of them; preprocess is the evaluation
+    preprocessing stored in checkpoints (see inference.eval_transform); spec is
+    train_transform_batch's augmentation. Mean and std are measured on the training images
+    unless `normalization` gives them (e.g. ImageNet's, to fine-tune pretrained weights).
+    Unreadable image files are skipped with a warning, up to `max_bad_files`; more is an error.
     """
     resize_size = round(image_size * 256 / 224)  # ImageNet convention: resize to 256, crop 224
     stream = False
@@ -454,14 +529,18 @@ def load_data(
         stream = loader == "stream" or (loader == "auto" and stored_bytes > MEMORY_LIMIT_BYTES)
         if stream:
             train_files = FolderFiles(train_samples, channels, store_size)
-            probe = [train_files[i][0] for i in torch.randperm(len(train_files), generator=torch.Generator().manual_seed(0))[:500].tolist()]
-            mean, std = channel_stats(torch.stack([image for image in probe if image is not None]))
+            mean, std = channel_stats(train_files_sample(train_files))
         else:
             cache_dir = Path(data_root) / "cache"
             train_images, train_labels, bad = cached_decode(root / "train", train_samples, channels, store_size, workers, cache_dir)
             val_images, val_labels, bad_val = cached_decode(root / "val", val_samples, channels, store_size, workers, cache_dir)
-            for path in bad + bad_val:
-                print(f"warning: skipped the unreadable file {path}", file=sys.stderr)
+            bad += bad_val
+            if len(bad) > max_bad_files:
+                raise SystemExit(f"error: --data {root}: {len(bad)} image files cannot be read (more than --max-bad-files "
+                                 f"{max_bad_files}), e.g. {bad[0]}; fix or remove them, or raise --max-bad-files")
+            if bad:
+                print(f"warning: skipped {len(bad)} unreadable image file(s) (allowed: --max-bad-files {max_bad_files}): "
+                      f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
     elif source == "shapes":
         train_images, train_labels = make_shapes(train_size, image_size, seed=seed)
         val_images, val_labels = make_shapes(val_size, image_size, seed=seed + 1_000_003)
@@ -476,14 +555,28 @@ def load_data(
         channels, store_size = train_images.shape[1], train_images.shape[-1]
         mean, std = channel_stats(train_images)
 
+    mean, std = normalization or (mean, std)
+    eigen = None
+    if lighting and channels != 3:
+        raise SystemExit(f"error: --lighting needs colour images; this data has {channels} channel(s)")
+    if lighting and lighting_pca == "data":
+        eigen = pca_lighting_stats(train_files_sample(train_files) if stream else train_images)
+
     # Evaluation: small images are upscaled whole; photos are resized to R and centre-cropped.
     preprocess = {"image_size": image_size, "resize_size": image_size if store_size < resize_size else resize_size,
                   "mean": mean, "std": std, "in_channels": channels}
-    spec = augmentation_spec(augment, source, store_size, image_size, mean, std)
+    spec = augmentation_spec(augment, source, store_size, image_size, mean, std, lighting, eigen)
+    shard = {"rank": rank, "world_size": world_size}
     if stream:
-        train = Streaming(train_files, batch_size, True, workers, device)
-        val = Streaming(FolderFiles(val_samples, channels, store_size), batch_size, False, workers, device)
+        train = Streaming(train_files, batch_size, True, workers, device, **shard)
+        val = Streaming(FolderFiles(val_samples, channels, store_size), batch_size, False, workers, device, **shard)
     else:
-        train = InMemory(train_images, train_labels, batch_size, True, device)
-        val = InMemory(val_images, val_labels, batch_size, False, device)
+        train = InMemory(train_images, train_labels, batch_size, True, device, **shard)
+        val = InMemory(val_images, val_labels, batch_size, False, device, **shard)
     return train, val, classes, preprocess, spec
+
+
+def train_files_sample(files: FolderFiles, count: int = 500) -> torch.Tensor:
+    """A seeded sample of decoded training images (N, C, R, R), for statistics of streamed folders."""
+    picks = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    return torch.stack([image for image in (files[i][0] for i in picks) if image is not None])

@@ -1,5 +1,6 @@
 """Shared test setup: the repository root on sys.path, small thread counts, deterministic seeds."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,3 +15,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def seeded() -> None:
     torch.manual_seed(0)
+
+
+# The environment of the scripts under test: no inherited torchrun variables, two threads.
+SCRIPT_ENV = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
+
+
+def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the repository's scripts in a subprocess, as a user would."""
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr}"
+    return result

@@ -2,8 +2,6 @@
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SHARED_DATA
+from conftest import SHARED_DATA, run
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interval", "1"]
-
-
-def run(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")

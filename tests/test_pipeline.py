@@ -1,0 +1,272 @@
+"""The fast data pipeline (data_pipeline.py): same pixels as torchvision's transforms, seeded
+randomness, the decoded-image cache, mixed precision, and bench.py on tiny data."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+import data_pipeline
+from alexnet import AlexNet
+from conftest import ROOT
+from data_pipeline import augmentation_spec, crop_boxes, crops_by_grid, crops_on_cpu, decode_for_store, load_data, normalize, train_transform_batch
+from inference import eval_transform
+
+MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+
+
+def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def write_folder(root: Path, per_class: int = 6, size: tuple[int, int] = (40, 30), classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+    """An ImageNet-layout folder of small RGB PNGs and JPEGs with class-dependent colours."""
+    generator = torch.Generator().manual_seed(1)
+    for split in ("train", "val"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=generator)
+                pixels[..., label] = 255
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def folder_data(root: Path, tmp_path: Path, **overrides):
+    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), download=False, image_size=67, channels=None,
+                   train_size=0, val_size=0, augment="auto", loader="memory", workers=0, batch_size=4, seed=0,
+                   device=torch.device("cpu"))
+    return load_data("folder", **{**options, **overrides})
+
+
+# --- Same pixels as the reference transforms ---------------------------------------------------
+
+
+def test_decoding_equals_torchvision_resize_and_centre_crop(tmp_path: Path) -> None:
+    image = Image.fromarray(random_images(1, 90)[0, :, :, :70].permute(1, 2, 0).numpy())  # 70 wide, 90 high
+    image.save(tmp_path / "a.png")
+    reference = T.Compose([T.Resize(48), T.CenterCrop(48), T.PILToTensor()])(image)
+    assert torch.equal(decode_for_store(tmp_path / "a.png", 3, 48), reference)
+
+
+def test_large_jpegs_are_decoded_at_reduced_scale_and_stay_close(tmp_path: Path) -> None:
+    """DCT-domain downscaling (draft) of a JPEG 8x too large differs little from a full decode."""
+    x = torch.linspace(0, 1, 512)
+    smooth = torch.stack([x[None, :].expand(512, 512), x[:, None].expand(512, 512), (x[None, :] * x[:, None])], dim=-1)
+    Image.fromarray((255 * smooth).byte().numpy()).save(tmp_path / "big.jpg", quality=95)
+    with Image.open(tmp_path / "big.jpg") as image:
+        reference = T.Compose([T.Resize(64), T.CenterCrop(64), T.PILToTensor()])(image.convert("RGB"))
+    fast = decode_for_store(tmp_path / "big.jpg", 3, 64)
+    assert fast.shape == reference.shape
+    assert (fast.float() - reference.float()).abs().mean() < 2.0  # out of 255
+
+
+@pytest.mark.parametrize("pad, crop, size", [(4, 32, 67), (0, 24, 24), (0, 20, 67)])
+def test_cpu_crops_equal_torchvision_crop_flip_resize(pad: int, crop: int, size: int) -> None:
+    images = random_images(6, 32)
+    boxes = torch.tensor([[-pad, -pad, crop, crop], [0, 0, crop, crop], [32 - crop + pad, 1, crop, crop]] * 2)
+    flips = torch.tensor([False, True, False, True, True, False])
+    out = crops_on_cpu(images, boxes, flips, size, pad)
+    for i in range(6):
+        left, top, w, h = boxes[i].tolist()
+        reference = TF.crop(F.pad(images[i], [pad] * 4), top + pad, left + pad, h, w)
+        reference = TF.horizontal_flip(reference) if flips[i] else reference
+        reference = TF.resize(reference, [size, size], antialias=True)
+        assert torch.equal(out[i], reference), i
+
+
+def test_resized_crops_equal_torchvision_resized_crop() -> None:
+    images = random_images(3, 40)
+    boxes = torch.tensor([[3, 5, 20, 30], [0, 0, 40, 40], [10, 2, 7, 9]])
+    out = crops_on_cpu(images, boxes, torch.tensor([False, False, True]), 67, 0)
+    for i, (left, top, w, h) in enumerate(boxes.tolist()):
+        reference = TF.resized_crop(images[i], top, left, h, w, [67, 67], antialias=True)
+        reference = TF.horizontal_flip(reference) if i == 2 else reference
+        assert torch.equal(out[i], reference), i
+
+
+def test_gpu_grid_path_equals_the_cpu_path() -> None:
+    """Checked on the CPU: whole-pixel crops of the output size are exact copies (padding and
+    flips included); upscaled crops agree away from the crop's border."""
+    images = random_images(4, 32)
+    boxes = torch.tensor([[-4, -4, 32, 32], [4, 0, 32, 32], [2, 3, 32, 32], [0, 0, 32, 32]])
+    flips = torch.tensor([True, False, True, False])
+    assert torch.equal(crops_by_grid(images, boxes, flips, 32, "zeros"), crops_on_cpu(images, boxes, flips, 32, 4).float())
+    boxes = torch.tensor([[2, 3, 16, 16], [0, 0, 32, 32], [10, 4, 20, 20], [5, 5, 8, 8]])
+    grid = crops_by_grid(images, boxes, flips, 64, "border")
+    cpu = crops_on_cpu(images, boxes, flips, 64, 0).float()
+    torch.testing.assert_close(grid[..., 8:-8, 8:-8], cpu[..., 8:-8, 8:-8], atol=1.0, rtol=0)  # uint8 rounding
+
+
+def test_normalize_equals_torchvision_normalize() -> None:
+    images = random_images(2, 16)
+    reference = TF.normalize(TF.to_dtype(images, torch.float32, scale=True), MEAN, STD)
+    torch.testing.assert_close(normalize(images, MEAN, STD), reference)
+
+
+def test_in_memory_validation_equals_torchvision_eval_transforms(tmp_path: Path) -> None:
+    """Validation batches from the decoded folder, through eval_transform, are the reference
+    Resize(round(S*256/224)) + CenterCrop(S) + ToTensor + Normalize of each file, to rounding."""
+    # 127 x 100 resizes to 97 x 77: whole-pixel centre offsets both ways (a half-pixel offset would
+    # round differently when cropping 77 then 67 than when cropping 67 at once).
+    root = write_folder(tmp_path / "folder", size=(127, 100))
+    _, val, classes, preprocess, _ = folder_data(root, tmp_path, image_size=67)
+    assert preprocess["resize_size"] == 77
+    reference_tf = T.Compose([T.Resize(77), T.CenterCrop(67), T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])])
+    files = sorted((root / "val" / "cat").iterdir()) + sorted((root / "val" / "dog").iterdir())
+    images, labels = next(val.batches())
+    ours = eval_transform(images, preprocess)
+    for i in range(len(labels)):
+        with Image.open(files[i]) as image:
+            reference = reference_tf(image.convert("RGB"))
+        difference = (ours[i] - reference).abs() * torch.tensor(preprocess["std"]).view(3, 1, 1) * 255
+        assert difference.max() <= 1.01, files[i]  # a uint8 rounding step at most
+
+
+# --- Randomness: different every step, the same for a seed -------------------------------------
+
+
+@pytest.mark.parametrize("augment", ["crop", "resized-crop"])
+def test_augmentation_is_random_across_steps_and_reproducible(augment: str) -> None:
+    images = random_images(16, 32)
+    spec = augmentation_spec(augment, "cifar10", 32, 67, MEAN, STD)
+    generator = torch.Generator().manual_seed(5)
+    first, second = train_transform_batch(images, spec, generator), train_transform_batch(images, spec, generator)
+    assert first.shape == (16, 3, 67, 67)
+    assert not torch.equal(first, second)
+    again = train_transform_batch(images, spec, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again)
+
+
+def test_resized_crop_boxes_follow_torchvision_ranges() -> None:
+    spec = augmentation_spec("resized-crop", "folder", 256, 224, MEAN, STD)
+    boxes = crop_boxes(20000, 256, 256, spec, torch.Generator().manual_seed(0)).float()
+    left, top, w, h = boxes.unbind(1)
+    assert (left >= 0).all() and (top >= 0).all() and (left + w <= 256).all() and (top + h <= 256).all()
+    area = w * h / 256**2
+    assert 0.07 < area.min() and area.max() <= 1.0 and abs(area.mean().item() - 0.54) < 0.05  # ~ U(0.08, 1), clipped
+    ratio = (w / h)[(w < 256) & (h < 256)]
+    assert 0.7 < ratio.min() and ratio.max() < 1.45
+
+
+def test_pad_and_crop_offsets_cover_the_padding() -> None:
+    spec = augmentation_spec("crop", "cifar10", 32, 67, MEAN, STD)
+    assert spec["crop_padding"] == 4 and spec["crop_size"] == 32
+    boxes = crop_boxes(5000, 32, 32, spec, torch.Generator().manual_seed(0))
+    assert set(boxes[:, 0].tolist()) == set(range(-4, 5)) and set(boxes[:, 1].tolist()) == set(range(-4, 5))
+
+
+def test_shuffling_is_a_permutation_fixed_by_the_seed() -> None:
+    data = data_pipeline.InMemory(torch.arange(10).view(10, 1, 1, 1).byte(), torch.arange(10), 4, True, torch.device("cpu"))
+    order = [labels.tolist() for _, labels in data.batches(seed=3)]
+    assert len(order) == 2 and all(len(batch) == 4 for batch in order)  # the partial batch is dropped
+    assert len(set(order[0] + order[1])) == 8
+    assert order == [labels.tolist() for _, labels in data.batches(seed=3)]
+    assert order != [labels.tolist() for _, labels in data.batches(seed=4)]
+
+
+# --- The decoded-image cache ------------------------------------------------------------------
+
+
+def test_cache_is_reused_and_invalidated_when_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_folder(tmp_path / "folder")
+    cache = tmp_path / "data" / "cache"
+    train, *_ = folder_data(root, tmp_path)
+    assert len(list(cache.glob("folder-train-*.pt"))) == 1 and len(train) == 12
+
+    calls = []
+    real_decode = data_pipeline.decode_folder
+    monkeypatch.setattr(data_pipeline, "decode_folder", lambda *args: calls.append(args) or real_decode(*args))
+    again, *_ = folder_data(root, tmp_path)
+    assert calls == [] and torch.equal(again.images, train.images)  # read from the cache
+
+    changed = root / "train" / "cat" / "1.png"
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(changed)
+    os.utime(changed, ns=(10**18, 10**18))  # a different modification time, whatever the clock
+    updated, *_ = folder_data(root, tmp_path)
+    assert len(calls) == 1 and not torch.equal(updated.images, train.images)
+    assert len(list(cache.glob("folder-train-*.pt"))) == 1  # the stale cache is gone
+
+    Image.new("RGB", (40, 30)).save(root / "train" / "dog" / "new.png")
+    grown, *_ = folder_data(root, tmp_path)
+    assert len(calls) == 2 and len(grown) == 13
+
+
+def test_damaged_cache_is_decoded_again(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "folder")
+    train, *_ = folder_data(root, tmp_path)
+    for path in (tmp_path / "data" / "cache").glob("*.pt"):
+        path.write_bytes(b"not a tensor file")
+    again, *_ = folder_data(root, tmp_path)
+    assert torch.equal(again.images, train.images)
+
+
+def test_streaming_gives_the_same_pixels_as_memory(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "folder", size=(50, 50))
+    _, val_memory, *_ = folder_data(root, tmp_path)
+    _, val_stream, *_ = folder_data(root, tmp_path, loader="stream")
+    assert type(val_stream).__name__ == "Streaming"
+    for (a, la), (b, lb) in zip(val_memory.batches(), val_stream.batches()):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_small_square_images_are_stored_at_their_own_size(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "folder", size=(32, 32))
+    train, _, _, preprocess, spec = folder_data(root, tmp_path, image_size=67)
+    assert train.images.shape[-1] == 32 and preprocess["resize_size"] == 67
+    assert spec["augment"] == "crop" and spec["crop_padding"] == 4
+
+
+# --- Precision and layout ------------------------------------------------------------------------
+
+
+def test_bf16_and_channels_last_follow_the_fp32_loss_trajectory() -> None:
+    def losses(amp: bool, memory_format: torch.memory_format) -> list[float]:
+        torch.manual_seed(0)
+        model = AlexNet(num_classes=5, dropout=0.0).to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0005, momentum=0.9)
+        x = torch.randn(16, 3, 67, 67, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=memory_format)
+        y = torch.arange(16) % 5
+        trajectory = []
+        for _ in range(8):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            trajectory.append(loss.item())
+        return trajectory
+
+    reference = losses(False, torch.contiguous_format)
+    assert reference[-1] < reference[0] - 0.3  # it does learn
+    for amp, memory_format in [(False, torch.channels_last), (True, torch.contiguous_format), (True, torch.channels_last)]:
+        trajectory = losses(amp, memory_format)
+        tolerance = 0.05 if amp else 1e-3
+        assert all(math.isclose(a, b, rel_tol=tolerance) for a, b in zip(trajectory, reference)), (amp, trajectory, reference)
+
+
+# --- bench.py -------------------------------------------------------------------------------------
+
+
+def test_bench_json_on_a_tiny_folder(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "folder", per_class=8)
+    command = [sys.executable, str(ROOT / "bench.py"), "--data", str(root), "--image-size", "67", "--batch-size", "4",
+               "--warmup", "1", "--steps", "2", "--workers", "0", "--json"]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ours_images_per_second"] > 0 and report["baseline_images_per_second"] > 0
+    assert report["ratio"] == pytest.approx(report["ours_images_per_second"] / report["baseline_images_per_second"])
+    assert (report["device"], report["image_size"], report["batch_size"]) == ("cpu", 67, 4)
+    assert report["train_images"] == 16 and report["ours_peak_memory_mb"] > 0

@@ -1,0 +1,207 @@
+"""Training survives: exact resumption, Ctrl-C / SIGTERM, non-finite losses, mismatched or unsafe
+checkpoints, and bad image folders (issue: reliability and safety)."""
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import data_pipeline
+import train
+from conftest import ROOT, SCRIPT_ENV, run
+
+# 64 images, batches of 16: 4 steps an epoch, every step logged.
+SHAPES = ["--train-size", "64", "--val-size", "16", "--batch-size", "16", "--log-interval", "1"]
+TIMING = {"epoch_seconds", "images_per_second"}
+
+
+def final_state(run_dir: Path) -> tuple[dict, list[dict]]:
+    """The weights of last.pt and the metrics without their timings."""
+    weights = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return weights, [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    weights_a, metrics_a = final_state(a)
+    weights_b, metrics_b = final_state(b)
+    assert metrics_a == metrics_b
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three epochs in one go: the reference for every resumed run below."""
+    work = tmp_path_factory.mktemp("straight")
+    run("train.py", *SHAPES, "--epochs", "3", "--name", "straight", cwd=work)
+    return work / "runs" / "straight"
+
+
+def test_resume_after_an_epoch_is_bit_identical(straight_run: Path, tmp_path: Path) -> None:
+    run("train.py", *SHAPES, "--epochs", "1", "--name", "split", cwd=tmp_path)
+    run("train.py", "--resume", "runs/split", "--epochs", "3", cwd=tmp_path)  # the run's own settings, and 3 epochs
+    assert_same_training(straight_run, tmp_path / "runs" / "split")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_that_resumes_exactly(straight_run: Path, tmp_path: Path, signum: int, code: int) -> None:
+    command = [sys.executable, str(ROOT / "train.py"), *SHAPES, "--epochs", "3", "--name", "stopped"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until training is under way: the second step of epoch 2
+        if line.startswith("Epoch 2/3") and "lr" in line:
+            break
+    for line in process.stdout:
+        if "step 2/4" in line:
+            process.send_signal(signum)
+            break
+    output, errors = process.communicate(timeout=120)
+    assert process.returncode == code, errors
+    assert f"{signal.Signals(signum).name}: stopped at epoch 2" in output and "Resume with: python train.py --resume runs/stopped" in output
+    checkpoint = torch.load(tmp_path / "runs" / "stopped" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["partial"]["batch"] >= 2  # mid-epoch 2
+    if signum == signal.SIGTERM:  # (the same code path for both: resume one of them, to save time)
+        run("train.py", "--resume", "runs/stopped", cwd=tmp_path)
+        assert_same_training(straight_run, tmp_path / "runs" / "stopped")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run("train.py", *SHAPES, "--epochs", "1", "--name", "nan", cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "nan"
+    # Push the learning rate to 1e9 inside the checkpoint: the next steps blow up.
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
+    checkpoint["optimizer"]["param_groups"][0]["lr"] = 1e9
+    torch.save(checkpoint, run_dir / "last.pt")
+    best, last = (run_dir / "best.pt").read_bytes(), (run_dir / "last.pt").read_bytes()
+    result = run("train.py", "--resume", str(run_dir), "--epochs", "2", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the training loss became nan at epoch 2, step" in result.stderr or "the training loss became inf at epoch 2" in result.stderr
+    assert f"the last good checkpoint is {Path('runs/nan/last.pt')}" in result.stderr.replace(str(tmp_path) + "/", "")
+    assert (run_dir / "best.pt").read_bytes() == best and (run_dir / "last.pt").read_bytes() == last
+
+
+def test_resume_with_another_model_says_what_differs(tmp_path: Path) -> None:
+    run("train.py", *SHAPES, "--epochs", "1", "--max-steps", "1", "--name", "a", cwd=tmp_path)
+    result = run("train.py", "--resume", "runs/a", "--epochs", "2", "--model", "paper", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the checkpoint's model differs" in result.stderr and "lrn False there, True here" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run("train.py", "--resume", "runs/a", "--epochs", "2", "--in-channels", "1", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "in_channels 3 there, 1 here" in result.stderr
+
+
+class Payload:
+    """Unpickling this runs code: it creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "runs" / "evil"
+    bad.mkdir(parents=True)
+    torch.save({"model": Payload(marker)}, bad / "last.pt", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    for flag in ("--resume", "--evaluate"):
+        result = run("train.py", flag, str(bad / "last.pt"), cwd=tmp_path, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "unsafe" in result.stderr and str(bad / "last.pt") in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "-4"], "--batch-size must be at least 1"),
+        (["--lr", "-0.1"], "--lr must be positive"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--image-size", "66"], "--image-size must be at least 67"),
+        (["--model", "torchvision", "--image-size", "62"], "--image-size must be at least 63"),
+        (["--device", "cuda:0"], "CUDA is not available"),
+        (["--dataset", "svhn"], "invalid choice: 'svhn'"),
+        (["--weight-decay", "-1"], "--weight-decay cannot be negative"),
+        (["--tta", "10crop"], "--tta applies to --evaluate"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_message(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.get_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# --- Bad image folders (through data_pipeline.load_data: no training needed) ----------------------
+
+
+def write_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 3) -> Path:
+    for split in ("train", "val"):
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40, 40), (100 * label, 50 * i, 30)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def load(root: Path, tmp_path: Path, **overrides) -> tuple:
+    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), download=False, image_size=67, channels=None, train_size=0,
+                   val_size=0, augment="auto", loader="memory", workers=0, batch_size=2, seed=0, device=torch.device("cpu"))
+    return data_pipeline.load_data("folder", **{**options, **overrides})
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_folder(tmp_path / "f")
+    (root / "train" / "a" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "a" / "notes.png").write_text("not an image")
+    good = (root / "train" / "b" / "0.png").read_bytes()
+    (root / "train" / "b" / "cut.png").write_bytes(good[: len(good) // 2])
+    train, val, classes, *_ = load(root, tmp_path)
+    assert len(train) == 6 and len(val) == 6 and classes == ["a", "b"]
+    warning = capsys.readouterr().err
+    assert "skipped 3 unreadable image file(s)" in warning and "empty.jpg" in warning and "cut.png" in warning
+    with pytest.raises(SystemExit, match=r"3 image files cannot be read \(more than --max-bad-files 2\)"):
+        load(root, tmp_path, max_bad_files=2)
+
+
+def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "f")
+    (root / "val" / "a" / "bad.jpg").write_text("no")
+    _, val, *_ = load(root, tmp_path, loader="stream")
+    assert sum(len(labels) for _, labels in val.batches()) == 6  # 7 files, one unreadable, no crash
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "f")
+    (root / "train" / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"train/empty has no images"):
+        load(root, tmp_path)
+
+
+def test_class_only_in_val_is_an_error_and_only_in_train_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_folder(tmp_path / "f")
+    (root / "val" / "c").mkdir()
+    with pytest.raises(SystemExit, match=r"val/c is a class that .*train does not have"):
+        load(root, tmp_path)
+    (root / "val" / "c").rmdir()
+    for path in (root / "val" / "b").iterdir():
+        path.unlink()
+    load(root, tmp_path)
+    assert "val has no images of class b" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_missing_split_is_named(tmp_path: Path, split: str) -> None:
+    root = write_folder(tmp_path / "f")
+    for path in sorted((root / split).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (root / split).rmdir()
+    with pytest.raises(SystemExit, match=f"no {split}/ folder"):
+        load(root, tmp_path)
