@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(classes) <= 20:
             plot_confusion(val["confusion"], classes, run_dir / "confusion.png")
         if isinstance(val_data, InMemory):
-            index = torch.tensor(sample_indices(16, len(val_data)), device=device)
+            index = torch.tensor(sample_indices(8, len(val_data)), device=device)
             images, labels = val_data.images[index], val_data.labels[index]
             model.eval()
             with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -545,8 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         log(f"Epoch {epoch}/{args.epochs}  lr {lr:.4g}")
         model.train()
         start = time.perf_counter()
-        # Running totals stay on the device: loss sum, top-1 hits, first step with a non-finite loss.
-        totals = torch.tensor([0.0, 0.0, -1.0], device=device, dtype=torch.float64)
+        # Running totals stay on the device: loss sum, top-1 hits, top-5 hits, first step with a non-finite loss.
+        totals = torch.tensor([0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64)
         seen, carried_seconds, first_batch = 0, 0.0, 0
         augment_rng.manual_seed(args.seed * 1000 + epoch)
         if partial is not None:  # continue an interrupted epoch exactly where it stopped
@@ -568,12 +568,13 @@ def main(argv: list[str] | None = None) -> None:
                 step_schedule.step()
             step += 1
             loss = loss.detach()
-            first_bad = torch.where((totals[2] < 0) & ~loss.isfinite(), i, totals[2])
-            totals = torch.stack([totals[0] + loss * len(labels), totals[1] + accuracy_counts(logits.detach(), labels, ks=(1,))[0], first_bad])
+            first_bad = torch.where((totals[3] < 0) & ~loss.isfinite(), i, totals[3])
+            top1, top5 = accuracy_counts(logits.detach(), labels)
+            totals = torch.stack([totals[0] + loss * len(labels), totals[1] + top1, totals[2] + top5, first_bad])
             seen += len(labels)
             shown = i % show_every == 0 or i == steps_per_epoch
             if shown or world_size == 1 and stop["signal"]:
-                loss_sum, hits, bad_step = totals.tolist()  # the only host sync of the loop
+                loss_sum, hits, _, bad_step = totals.tolist()  # the only host sync of the loop
                 if bad_step >= 0:
                     last = f"; the last good checkpoint is {run_dir / 'last.pt'}" if (run_dir / "last.pt").exists() else ""
                     raise SystemExit(f"error: the training loss became {loss_sum / seen} at epoch {epoch}, step {int(bad_step)}{last} "
@@ -593,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
             if i >= steps_per_epoch:
                 break
         train_seconds = carried_seconds + time.perf_counter() - start
-        train_loss, train_top1 = totals[0].item() / seen, totals[1].item() / seen
+        train_loss, train_top1, train_top5 = (value / seen for value in totals[:3].tolist())
         val = evaluate(forward, validation_batches(preprocess), amp_dtype, len(classes), world_size)
         if isinstance(epoch_schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
             epoch_schedule.step(val["top1"])
@@ -604,6 +605,7 @@ def main(argv: list[str] | None = None) -> None:
             "epoch": epoch,
             "train_loss": train_loss,
             "train_top1": train_top1,
+            "train_top5": train_top5,
             "val_loss": val["loss"],
             "val_top1": val["top1"],
             "val_top5": val["top5"],

@@ -1,5 +1,6 @@
 """Shared test setup: the repository root on sys.path, small thread counts, deterministic seeds."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,12 @@ def seeded() -> None:
     torch.manual_seed(0)
 
 
-# The environment of the scripts under test: no inherited torchrun variables, two threads.
-SCRIPT_ENV = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
+# With pytest-xdist (`pytest -n 2`), the cores are shared between the workers: one thread each, for
+# the tests and for the scripts they start, since idle OpenMP threads waiting on a busy core stall.
+THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+torch.set_num_threads(int(THREADS))
+# The environment of the scripts under test: no inherited torchrun variables.
+SCRIPT_ENV = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": THREADS, "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
 
 
 def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from PIL import Image
 
 import data_pipeline
 from alexnet import AlexNet
-from conftest import ROOT
+from conftest import ROOT, SCRIPT_ENV
 from data_pipeline import augmentation_spec, crop_boxes, crops_by_grid, crops_on_cpu, decode_for_store, load_data, normalize, train_transform_batch
 from inference import eval_transform
 
@@ -262,7 +262,7 @@ def test_bench_json_on_a_tiny_folder(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "folder", per_class=8)
     command = [sys.executable, str(ROOT / "bench.py"), "--data", str(root), "--image-size", "67", "--batch-size", "4",
                "--warmup", "1", "--steps", "2", "--workers", "0", "--json"]
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    env = SCRIPT_ENV
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -270,3 +270,34 @@ def test_bench_json_on_a_tiny_folder(tmp_path: Path) -> None:
     assert report["ratio"] == pytest.approx(report["ours_images_per_second"] / report["baseline_images_per_second"])
     assert (report["device"], report["image_size"], report["batch_size"]) == ("cpu", 67, 4)
     assert report["train_images"] == 16 and report["ours_peak_memory_mb"] > 0
+
+
+# --- The paper's PCA lighting ---------------------------------------------------------------------
+
+
+def test_pca_lighting_shifts_along_the_eigenvectors_with_the_papers_variance() -> None:
+    """alpha ~ N(0, 0.1) per image: the RGB shift has mean zero and covariance
+    P diag((0.1 l)^2) P^T, with column j of P paired with eigenvalue l_j."""
+    spec = augmentation_spec("none", "folder", 2, 2, [0.0] * 3, [1 / 255] * 3, lighting=0.1)  # output in 0-255 units
+    images = torch.zeros(20000, 3, 2, 2, dtype=torch.uint8)  # black
+    shift = train_transform_batch(images, spec, torch.Generator().manual_seed(0))[:, :, 0, 0] / 255  # (N, 3), pixels in [0, 1]
+    eigval, eigvec = torch.tensor(data_pipeline.IMAGENET_EIGVAL), torch.tensor(data_pipeline.IMAGENET_EIGVEC)
+    assert shift.mean(0).abs().max() < 3 * 0.1 * eigval[0] / 20000**0.5 + 1e-4
+    expected = eigvec @ torch.diag((0.1 * eigval) ** 2) @ eigvec.T
+    torch.testing.assert_close(torch.cov(shift.T), expected, atol=2e-5, rtol=0.05)
+    # In the eigenvector basis the components are uncorrelated, with std 0.1 x eigenvalue.
+    components = shift @ eigvec  # (N, 3)
+    torch.testing.assert_close(components.std(0), 0.1 * eigval, rtol=0.05, atol=1e-5)
+    again = train_transform_batch(images[:10], spec, torch.Generator().manual_seed(0))
+    assert torch.equal(again, train_transform_batch(images[:10], spec, torch.Generator().manual_seed(0)))
+
+
+def test_pca_of_the_training_images_finds_their_colour_axis() -> None:
+    """Pixels that vary only along one RGB direction: the first eigenvector is that direction."""
+    direction = torch.tensor([0.6, 0.64, 0.48])  # unit length
+    level = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = (255 * (0.2 + 0.5 * level * direction.view(1, 3, 1, 1))).round().byte()
+    eigval, eigvec = data_pipeline.pca_lighting_stats(images)
+    assert eigval[0] > 100 * eigval[1] >= 0 and eigval == sorted(eigval, reverse=True)
+    first = torch.tensor(eigvec)[:, 0]
+    assert abs(abs(first @ direction) - 1) < 1e-3

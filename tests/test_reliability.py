@@ -205,3 +205,22 @@ def test_missing_split_is_named(tmp_path: Path, split: str) -> None:
     (root / split).rmdir()
     with pytest.raises(SystemExit, match=f"no {split}/ folder"):
         load(root, tmp_path)
+
+
+# --- Atomic checkpoints ------------------------------------------------------------------------
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    train.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, f) -> None:  # half the bytes reach the disk, then the disk is full
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
+    assert path.read_bytes() == before and torch.load(path, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind

@@ -1,0 +1,73 @@
+"""train.py's side of the paper and of torchvision: the paper recipe, fine-tuning torchvision's
+ImageNet weights (a file the test writes, no network), and 10-crop evaluation."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+
+import train
+from conftest import ROOT, SCRIPT_ENV, run
+
+TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--amp", "off"]
+
+
+def test_paper_recipe_sets_the_papers_values_and_explicit_flags_win() -> None:
+    args = train.get_args(["--recipe", "paper"])
+    chosen = {key: getattr(args, key) for key in ("model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "epochs", "augment", "lighting")}
+    assert chosen == {"model": "paper", "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "plateau",
+                      "epochs": 90, "augment": "crop", "lighting": 0.1}
+    assert train.get_args(["--recipe", "paper", "--epochs", "3"]).epochs == 3
+    assert train.get_args([]).model == "default"
+
+
+def write_folder(root: Path) -> Path:
+    for split in ("train", "val"):
+        for label, name in enumerate(("ants", "bees")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (90, 70), (200 * label, 40 * i, 90)).save(root / split / name / f"{i}.jpg")
+    return root
+
+
+def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
+    # torchvision's AlexNet (random weights) where torch.hub keeps the IMAGENET1K_V1 file.
+    torch.manual_seed(0)
+    weights = torchvision.models.alexnet(weights=None).state_dict()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(weights, cache / "alexnet-owt-7be5be79.pth")
+    write_folder(tmp_path / "folder")
+    env = {**SCRIPT_ENV, "TORCH_HOME": str(tmp_path / "torch")}
+    command = [sys.executable, str(ROOT / "train.py"), "--data", "folder", "--pretrained", "imagenet", *TINY, "--name", "ft"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    checkpoint = torch.load(tmp_path / "runs" / "ft" / "best.pt", weights_only=True)
+    assert checkpoint["model_config"]["layout"] == "torchvision" and checkpoint["model_config"]["num_classes"] == 2
+    assert checkpoint["preprocess"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet's, as the weights expect
+    assert checkpoint["model"]["classifier.6.weight"].shape == (2, 4096)
+    # The pretrained convolutions were loaded (and moved only by two small steps).
+    conv5 = checkpoint["model"]["features.10.weight"]
+    assert (conv5 - weights["features.10.weight"]).abs().max() < 0.05 * weights["features.10.weight"].abs().max()
+    # Offline with nothing cached: one line saying what to copy where.
+    env["TORCH_HOME"] = str(tmp_path / "empty")
+    result = subprocess.run([*command[:-1], "ft2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "--pretrained imagenet" in result.stderr and "alexnet-owt-7be5be79.pth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_with_ten_crops(tmp_path: Path) -> None:
+    write_folder(tmp_path / "folder")
+    run("train.py", "--data", "folder", "--image-size", "67", *TINY, "--name", "a", cwd=tmp_path)
+    reports = {}
+    for tta in ("none", "10crop"):
+        result = run("train.py", "--data", "folder", "--evaluate", "runs/a/best.pt", "--tta", tta, "--workers", "0", "--amp", "off", cwd=tmp_path)
+        reports[tta] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reports["10crop"]["tta"] == "10crop" and 0 <= reports["10crop"]["val_top1"] <= 1
+    row = json.loads((tmp_path / "runs" / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert reports["none"]["val_top1"] == row["val_top1"]  # --evaluate repeats the run's own validation
+    assert reports["10crop"]["val_loss"] != reports["none"]["val_loss"]
