@@ -1,7 +1,7 @@
 """Train AlexNet on the built-in shapes dataset, MNIST, Fashion-MNIST, CIFAR or an image folder.
 
 Examples:
-    python train.py                                      # built-in shapes, offline, ~5 min on 2 CPU cores
+    python train.py                                      # built-in shapes, offline, ~7 min on 2 CPU cores
     python train.py --dataset mnist --download           # torchvision datasets live under data/
     python train.py --data /path/to/imagenet --recipe paper   # the paper's network and recipe
     python train.py --data ../shared/data/cifar10 --batch-size 256 --lr 0.02 --nesterov \\
