@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         result = subprocess.run([sys.executable, __file__, *argv, *extra], capture_output=True, text=True)
         which = extra[1]
         if result.returncode != 0:
-            raise SystemExit(f"error: the {which} run failed:\n{result.stderr.strip()}")
+            last = (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+            raise SystemExit(f"error: the {which} run failed: {last}")  # its last line: the error itself
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     ours = child("--only", "ours")

@@ -301,3 +301,14 @@ def test_pca_of_the_training_images_finds_their_colour_axis() -> None:
     assert eigval[0] > 100 * eigval[1] >= 0 and eigval == sorted(eigval, reverse=True)
     first = torch.tensor(eigvec)[:, 0]
     assert abs(abs(first @ direction) - 1) < 1e-3
+
+
+def test_bench_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "folder")
+    for path in sorted((root / "val").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (root / "val").rmdir()
+    command = [sys.executable, str(ROOT / "bench.py"), "--data", str(root), "--image-size", "67", "--workers", "0"]
+    result = subprocess.run(command, cwd=tmp_path, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: the ours run failed: --data {root}: no val/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*"]
