@@ -68,25 +68,46 @@ def feature_map_size(image_size: int, layout: str = "paper") -> int:
     return size
 
 
+def pooling_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) matrix of adaptive average pooling along one axis: row i averages inputs
+    [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out)), the bins PyTorch's pooling uses."""
+    weights = torch.zeros(n_out, n_in, dtype=dtype, device=device)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
 def adaptive_avg_pool_by_matmul(x: torch.Tensor, output_size: int) -> torch.Tensor:
     """Exactly `F.adaptive_avg_pool2d(x, output_size)`, computed as two small matrix products.
 
     Apple's MPS backend cannot adaptive-pool a map whose size is not a multiple of the output
     size (e.g. the 5x5 map of a 224 input); this formulation runs on any device.
     """
-
-    def bins(n_in: int) -> torch.Tensor:
-        # Row i averages inputs [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out)),
-        # the same bins PyTorch's adaptive pooling uses.
-        weights = torch.zeros(output_size, n_in, dtype=x.dtype, device=x.device)
-        for i in range(output_size):
-            start = (i * n_in) // output_size
-            end = -((-(i + 1) * n_in) // output_size)
-            weights[i, start:end] = 1.0 / (end - start)
-        return weights
-
-    rows, cols = bins(x.shape[-2]), bins(x.shape[-1])
+    rows = pooling_matrix(x.shape[-2], output_size, x.dtype, x.device)
+    cols = pooling_matrix(x.shape[-1], output_size, x.dtype, x.device)
     return torch.einsum("oh,nchw,pw->ncop", rows, x, cols)  # (B, C, H, W) -> (B, C, 6, 6)
+
+
+def fc6_weight_for_map(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """fc6's weight folded through the 6x6 pooling, for a last feature map of height x width.
+
+    Pooling is linear, so fc6(flatten(adaptive_avg_pool2d(x, 6))) equals
+    F.linear(flatten(x), fc6_weight_for_map(fc6.weight, h, w), fc6.bias): the same function
+    with the same gradients (autograd carries them back to the 9216-wide weight), but a
+    (B, 256 * h * w) @ (256 * h * w, 4096) product instead of (B, 9216) @ (9216, 4096). For
+    small inputs the map is 1x1 and the pooling copies each of its 256 numbers to 36
+    positions: the fold then sums the weight over the positions and makes fc6 36 times cheaper.
+    """
+    out_features = weight.shape[0]
+    weight = weight.view(out_features, -1, 6, 6)  # (4096, 9216) -> (4096, 256, 6, 6)
+    if height == width == 1:
+        return weight.sum((2, 3))  # -> (4096, 256)
+    rows = pooling_matrix(height, 6, weight.dtype, weight.device)  # (6, h)
+    cols = pooling_matrix(width, 6, weight.dtype, weight.device)  # (6, w)
+    folded = torch.einsum("ocij,ih,jw->ochw", weight, rows, cols)  # -> (4096, 256, h, w)
+    return folded.reshape(out_features, -1)  # -> (4096, 256 * h * w)
 
 
 class AlexNet(nn.Module):
@@ -284,7 +305,18 @@ class AlexNet(nn.Module):
                 f"got {tuple(x.shape[-2:])}: upscale the images (e.g. --image-size {size})"
             )
         x = self.features(x)  # (B, C, H, W) -> (B, 256, h, w), h = feature_map_size(H, layout)
-        if x.device.type == "mps" and (x.shape[-2] % 6 or x.shape[-1] % 6):
+        batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        # Below 6x6, fold the pooling into fc6 (see fc6_weight_for_map) when that costs fewer
+        # multiply-adds: batch * 256 * (36 - h * w) saved per output unit against 256 * 36 * h * w
+        # spent on folding the weight. Not while dropout acts between the pooling and fc6 (the
+        # torchvision layout in training), which would treat the 36 copies differently.
+        fc6_index = 0 if self.config["layout"] == "paper" else 1
+        dropout_before_fc6 = fc6_index == 1 and self.training and self.classifier[0].p > 0
+        if batch * (36 - height * width) > 36 * height * width and not dropout_before_fc6:
+            fc6 = self.classifier[fc6_index]
+            x = F.linear(torch.flatten(x, 1), fc6_weight_for_map(fc6.weight, height, width), fc6.bias)
+            return self.classifier[fc6_index + 1 :](x)  # (B, 4096) -> (B, num_classes)
+        if x.device.type == "mps" and (height % 6 or width % 6):
             x = adaptive_avg_pool_by_matmul(x, 6)  # MPS cannot adaptive-pool such sizes natively
         else:
             x = F.adaptive_avg_pool2d(x, 6)  # (B, 256, h, w) -> (B, 256, 6, 6); identity at 227

@@ -230,7 +230,8 @@ def accuracy_counts(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, .
 def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num_classes: int, world_size: int) -> dict:
     """Loss, top-1 and top-5 accuracy and the confusion matrix over normalised (images, labels)
     batches, exact over all processes. Images (B, K, C, S, S) are K crops each (10-crop testing):
-    their softmax probabilities are averaged."""
+    their softmax probabilities are averaged. The model is left in the mode it came in."""
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
@@ -248,7 +249,7 @@ def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num
     if world_size > 1:
         dist.all_reduce(totals)
         dist.all_reduce(confusion)
-    model.train()
+    model.train(was_training)
     loss_sum, top1, top5, count = totals.tolist()  # one host sync for the whole evaluation
     count = max(count, 1)
     return {"loss": loss_sum / count, "top1": top1 / count, "top5": top5 / count, "confusion": confusion.view(num_classes, num_classes).cpu()}

@@ -1,10 +1,13 @@
 """The model: shapes, parameter counts, gradients, loss at init, overfitting, the MPS pooling path."""
 
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from torch.utils.flop_counter import FlopCounterMode
 
 from alexnet import MIN_INPUT_SIZE, AlexNet, adaptive_avg_pool_by_matmul, feature_map_size
 
@@ -98,6 +101,49 @@ def test_dropout_only_in_training() -> None:
 def test_matmul_pooling_equals_adaptive_pooling(size: int) -> None:
     x = torch.randn(2, 3, size, size + 1)
     assert torch.allclose(adaptive_avg_pool_by_matmul(x, 6), F.adaptive_avg_pool2d(x, 6), atol=1e-6)
+
+
+def pooled_then_fc6(model: AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """The textbook forward pass: pool the last map to 6x6, flatten, then the whole classifier."""
+    return model.classifier(torch.flatten(F.adaptive_avg_pool2d(model.features(x), 6), 1))
+
+
+@functools.cache
+def model_of(layout: str) -> AlexNet:
+    torch.manual_seed(0)
+    return AlexNet(10, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["paper", "torchvision"])
+@pytest.mark.parametrize("size", [67, 99, 131])  # last maps of 1x1, 2x2 and 3x3
+@pytest.mark.parametrize("training", [True, False])
+def test_fc6_folded_through_the_pooling_is_the_same_function(layout: str, size: int, training: bool) -> None:
+    model = model_of(layout).train(training)
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, size, size)  # a batch where the fold pays
+    outputs, grads = [], []
+    for forward in (model, lambda x: pooled_then_fc6(model, x)):
+        torch.manual_seed(1)  # the same dropout masks in both passes
+        out = forward(x)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), list(model.parameters())))
+    # Equal up to float32 rounding (a wrong fold is off by the size of the values themselves).
+    for (name, _), ours, reference in zip([("output", None), *model.named_parameters()], [outputs[0], *grads[0]], [outputs[1], *grads[1]]):
+        assert (ours - reference).abs().max() <= 1e-5 * reference.abs().max(), name
+
+
+def test_fc6_on_a_1x1_map_costs_a_36th() -> None:
+    # At 67 px the last map is 1x1 and the pooling copies it 36 times: fc6 then runs as a
+    # 256-wide layer. FLOPs of the forward pass, counted by PyTorch.
+    model = AlexNet(10).eval()
+    x = torch.randn(64, 3, 67, 67)
+    flops = []
+    for forward in (model, lambda x: pooled_then_fc6(model, x)):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            forward(x)
+        flops.append(counter.get_total_flops())
+    fc6_full = 2 * 64 * 9216 * 4096
+    assert flops[1] - flops[0] == fc6_full - fc6_full // 36
 
 
 def test_config_rebuilds_the_same_architecture() -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
@@ -26,11 +27,14 @@ def test_paper_recipe_sets_the_papers_values_and_explicit_flags_win() -> None:
 
 
 def write_folder(root: Path) -> Path:
+    """Two classes of noisy, tinted 90x70 photos: with texture, so that ten crops see different pixels."""
+    rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for label, name in enumerate(("ants", "bees")):
             (root / split / name).mkdir(parents=True)
             for i in range(4):
-                Image.new("RGB", (90, 70), (200 * label, 40 * i, 90)).save(root / split / name / f"{i}.jpg")
+                pixels = rng.integers(0, 120, (70, 90, 3)) + np.array([120 * label, 30 * i, 60])
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.jpg")
     return root
 
 

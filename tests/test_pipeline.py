@@ -312,3 +312,19 @@ def test_bench_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=tmp_path, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: the ours run failed: --data {root}: no val/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluate_counts_exactly_and_keeps_the_models_mode(training: bool) -> None:
+    from train import evaluate
+
+    torch.manual_seed(0)
+    model = AlexNet(3, dropout=0.5).train(training)
+    images, labels = torch.randn(10, 3, 67, 67), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    result = evaluate(model, [(images[:6], labels[:6]), (images[6:], labels[6:])], None, 3, 1)
+    assert model.training == training
+    with torch.no_grad():
+        logits = model.eval()(images)
+    assert result["top1"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert result["confusion"].sum() == 10
