@@ -1,4 +1,4 @@
-"""The model: shapes, parameter counts, gradients, loss at init, overfitting, the MPS pooling path."""
+"""The model: shapes, parameter counts, gradients, loss at init, overfitting, the MPS pooling path, the fc6 fold."""
 
 import functools
 import math
