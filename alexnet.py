@@ -309,7 +309,8 @@ class AlexNet(nn.Module):
         # Below 6x6, fold the pooling into fc6 (see fc6_weight_for_map) when that costs fewer
         # multiply-adds: batch * 256 * (36 - h * w) saved per output unit against 256 * 36 * h * w
         # spent on folding the weight. Not while dropout acts between the pooling and fc6 (the
-        # torchvision layout in training), which would treat the 36 copies differently.
+        # torchvision layout in training), which would treat the 36 copies differently. (This path
+        # calls the classifier's layers, not `self.classifier` itself: hooks on it do not run.)
         fc6_index = 0 if self.config["layout"] == "paper" else 1
         dropout_before_fc6 = fc6_index == 1 and self.training and self.classifier[0].p > 0
         if batch * (36 - height * width) > 36 * height * width and not dropout_before_fc6:

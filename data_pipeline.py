@@ -83,8 +83,10 @@ def crops_by_grid(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
     No antialiasing, which only matters for crops much larger than `size`.
     """
     n, _, height, width = images.shape
-    left, top, w, h = boxes.to(images.device, torch.float32).unbind(1)
-    sign = 1.0 - 2.0 * flips.to(images.device, torch.float32)  # a negative x scale mirrors the box
+    # The random numbers are drawn on the CPU (the same stream on every device). Copied with
+    # non_blocking: from pageable memory CUDA stages them at once, without waiting for the GPU.
+    left, top, w, h = boxes.to(images.device, torch.float32, non_blocking=True).unbind(1)
+    sign = 1.0 - 2.0 * flips.to(images.device, torch.float32, non_blocking=True)  # a negative x scale mirrors the box
     # Output pixel j of an S-pixel row samples the box at the fraction (j + 0.5) / S of its width,
     # in grid_sample's coordinates, where -1 and 1 are the outer edges of the image.
     steps = (torch.arange(size, device=images.device) + 0.5) / size * 2 - 1  # (S,) in (-1, 1)
@@ -137,7 +139,7 @@ def train_transform_batch(
     if spec["lighting"]:
         alpha = spec["lighting"] * torch.randn(n * world_size, 3, generator=generator)[mine]
         shift = lighting_shift(alpha, spec["eigval"], spec["eigvec"]) / torch.tensor(spec["std"])  # in normalised units
-        x += shift.to(x.device)[:, :, None, None]
+        x += shift.to(x.device, non_blocking=True)[:, :, None, None]
     return x
 
 
@@ -164,8 +166,8 @@ def pca_lighting_stats(images: torch.Tensor, limit: int = 2000) -> tuple[list[fl
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """(x / 255 - mean) / std for uint8 (or float 0-255) images -> float32, in two passes over memory.
     (Not bf16 even under autocast: CPUs have no bf16 arithmetic for elementwise ops, only for matmuls.)"""
-    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(-1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(-1, 1, 1)
+    scale = torch.tensor([1 / (255 * s) for s in std]).to(images.device, non_blocking=True).view(-1, 1, 1)  # no wait for the GPU
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)]).to(images.device, non_blocking=True).view(-1, 1, 1)
     return images.float().mul_(scale).add_(shift)
 
 

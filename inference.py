@@ -596,8 +596,7 @@ def main(argv: list[str] | None = None) -> None:
             except BadImageError as error:
                 print(f"error: {error}", file=sys.stderr)
                 failures += 1
-    tta = None if args.tta == "none" else args.tta
-    results = predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=tta) if decoded else []
+    results = predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=args.tta) if decoded else []
 
     for path, top in zip(good, results):
         if args.json:
@@ -606,14 +605,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path}:")
             for name, probability in top:
                 print(f"  {100 * probability:6.2f}%  {name}")
+    unwritten = 0
     if args.plot:
         from plots import plot_topk  # imported here: matplotlib only when a picture is asked for
 
         for path, index, image, top in zip(good, indices, decoded, results):
-            plot_topk(image, top, plot_path(Path(args.plot), index, count > 1), title=path.name)
+            out = plot_path(Path(args.plot), index, count > 1)
+            try:
+                plot_topk(image, top, out, title=path.name)
+            except OSError as error:  # e.g. a directory of that name, or a folder we cannot write to
+                print(f"error: --plot {out}: cannot write the picture ({error.strerror or error}); choose another path", file=sys.stderr)
+                unwritten += 1
 
     if failures:
         print(f"{failures} of {failures + len(good)} inputs could not be classified", file=sys.stderr)
+    if failures or unwritten:
         sys.exit(1)
 
 

@@ -40,7 +40,7 @@ import torchvision.transforms.v2.functional as TF
 
 from alexnet import INITS, MIN_INPUT_SIZE, TORCHVISION_MIN_INPUT_SIZE, AlexNet
 from data_pipeline import AUGMENTATIONS, DATASETS, DEFAULT_IMAGE_SIZE, InMemory, load_data, save_atomically, train_transform_batch
-from inference import IMAGENET_PREPROCESS, CheckpointError, eval_transform, imagenet_state_dict, read_checkpoint, ten_crop_transform
+from inference import IMAGENET_PREPROCESS, TTA_MODES, CheckpointError, eval_transform, imagenet_state_dict, read_checkpoint, ten_crop_transform
 from plots import plot_confusion, plot_curves, plot_filters, plot_predictions
 
 # The paper's recipe (section 5): SGD with momentum 0.9, weight decay 5e-4, batch 128, lr 0.01
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (data generation, init, order, augmentation)")
     # evaluation
     parser.add_argument("--evaluate", default=None, help="only evaluate this checkpoint (or run directory's best.pt) on the validation set")
-    parser.add_argument("--tta", default="none", choices=["none", "10crop"], help="with --evaluate: 10crop = the paper's ten crops (corners, centre, mirrored), softmax averaged")
+    parser.add_argument("--tta", default="none", choices=TTA_MODES, help="with --evaluate: 10crop = the paper's ten crops (corners, centre, mirrored), softmax averaged")
     # output
     parser.add_argument("--out-dir", default="runs", help="directory holding all runs")
     parser.add_argument("--name", default=None, help="run name (default: <dataset>-<date>-<time>)")
@@ -236,6 +236,7 @@ def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num
     model.eval()
     device = next(model.parameters()).device
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
+    count = 0
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
     for images, labels in batches:
         crops = images.shape[1] if images.ndim == 5 else 1
@@ -245,8 +246,11 @@ def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num
         if crops > 1:  # average the probabilities of the crops of each image
             log_probs = log_probs.view(len(labels), crops, -1).logsumexp(dim=1) - math.log(crops)
         loss = F.nll_loss(log_probs, labels, reduction="sum")
-        totals += torch.stack([loss, *accuracy_counts(log_probs, labels), torch.tensor(len(labels), device=device)]).double()
-        confusion += torch.bincount(labels * num_classes + log_probs.argmax(dim=1), minlength=num_classes**2)
+        totals[:3] += torch.stack([loss, *accuracy_counts(log_probs, labels)]).double()
+        count += len(labels)
+        cells = labels * num_classes + log_probs.argmax(dim=1)  # a scatter, not a num_classes^2 bincount per batch
+        confusion.index_add_(0, cells, torch.ones_like(cells))
+    totals[3] = count  # once, not a small host-to-device copy per batch
     if world_size > 1:
         dist.all_reduce(totals)
         dist.all_reduce(confusion)
@@ -358,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.evaluate)
         evaluated = load_checkpoint_file(path / "best.pt" if path.is_dir() else path, "--evaluate")
         args.image_size = evaluated["preprocess"]["image_size"]
+        args.in_channels = evaluated["preprocess"]["in_channels"]  # e.g. an MNIST model on RGB folders: convert the data
 
     # Data -------------------------------------------------------------------------------------
     source = "folder" if args.data else args.dataset
@@ -461,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         if epoch_schedule is not None:
             epoch_schedule.load_state_dict(resume["epoch_schedule"])
         scaler.load_state_dict(resume["scaler"])
-        start_epoch, best_top1, partial = resume["epoch"] + 1, resume["best_top1"], resume["partial"]
+        start_epoch, best_top1, partial = resume["epoch"] + 1, resume["best_top1"], resume.get("partial")  # older runs: no partial
         if rank == 0:  # other processes keep their own seeds: exact resumption is a single-process promise
             set_rng_states(resume["rng"], device)
         metrics_path = run_dir / "metrics.jsonl"
@@ -470,8 +475,15 @@ def main(argv: list[str] | None = None) -> None:
         if partial is not None:
             start_batch = partial["batch"]
         log(f"Resuming {resume_path} at epoch {start_epoch}{f', step {start_batch + 1}' if start_batch else ''}")
-        if resume["world_size"] != world_size:
-            log(f"note: that run had {resume['world_size']} process(es) of batch {resume['args']['batch_size']}, this one has "
+        old_world_size, old_batch_size = resume.get("world_size", 1), resume["args"]["batch_size"]
+        # An interrupted epoch is resumed by its batch count, and one-cycle by its step count: both
+        # mean something else under another global batch.
+        if old_world_size * old_batch_size != world_size * args.batch_size and (partial is not None or args.schedule == "onecycle"):
+            why = "the run stopped mid-epoch" if partial is not None else "its one-cycle schedule counts steps"
+            raise SystemExit(f"error: --resume {resume_path}: {why}, so it needs its global batch of {old_world_size * old_batch_size} "
+                             f"({old_world_size} process(es) of --batch-size {old_batch_size}), not {world_size * args.batch_size}")
+        if (old_world_size, old_batch_size) != (world_size, args.batch_size):
+            log(f"note: that run had {old_world_size} process(es) of batch {old_batch_size}, this one has "
                 f"{world_size} of batch {args.batch_size}: the global batch is now {world_size * args.batch_size}")
     else:
         name = args.name or f"{source if source != 'folder' else Path(args.data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"

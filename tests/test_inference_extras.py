@@ -169,6 +169,14 @@ def test_cli_plot_needs_a_png_name_in_an_existing_folder(tmp_path: Path, checkpo
     assert status == 2 and "no such directory" in err
 
 
+def test_cli_plot_onto_a_directory_is_one_line_and_keeps_the_predictions(tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
+    (path,) = write_images(tmp_path, 1)
+    (tmp_path / "taken.png").mkdir()  # a directory where the picture should go
+    status, out, err = run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "taken.png"))
+    assert status == 1 and out.startswith(f"{path}:")  # classified and printed all the same
+    assert err.strip().startswith(f"error: --plot {tmp_path / 'taken.png'}: cannot write") and len(err.strip().splitlines()) == 1
+
+
 # torchvision's ImageNet weights, offline ------------------------------------------------------
 
 

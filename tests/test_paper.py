@@ -59,6 +59,7 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
     assert (conv5 - weights["features.10.weight"]).abs().max() < 0.05 * weights["features.10.weight"].abs().max()
     # Offline with nothing cached: one line saying what to copy where.
     env["TORCH_HOME"] = str(tmp_path / "empty")
+    env["https_proxy"] = env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # no network even where there is one
     result = subprocess.run([*command[:-1], "ft2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "--pretrained imagenet" in result.stderr and "alexnet-owt-7be5be79.pth" in result.stderr
     assert "Traceback" not in result.stderr

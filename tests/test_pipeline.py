@@ -328,3 +328,18 @@ def test_evaluate_counts_exactly_and_keeps_the_models_mode(training: bool) -> No
     assert result["top1"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert result["confusion"].sum() == 10
+
+
+def test_evaluate_averages_the_probabilities_of_ten_crops() -> None:
+    from train import evaluate
+
+    torch.manual_seed(0)
+    model = AlexNet(3).eval()
+    crops, labels = torch.randn(4, 10, 3, 67, 67), torch.tensor([0, 1, 2, 1])
+    result = evaluate(model, [(crops, labels)], None, 3, 1)
+    with torch.no_grad():
+        probabilities = model(crops.flatten(0, 1)).softmax(1).view(4, 10, 3).mean(1)  # the mean of the softmax, not of the logits
+    assert result["loss"] == pytest.approx(-probabilities[torch.arange(4), labels].log().mean().item(), rel=1e-5)
+    assert result["top1"] == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
+    expected = torch.bincount(labels * 3 + probabilities.argmax(1), minlength=9).view(3, 3)
+    assert torch.equal(result["confusion"], expected)

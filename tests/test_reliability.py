@@ -97,6 +97,20 @@ def test_resume_with_another_model_says_what_differs(tmp_path: Path) -> None:
     assert result.returncode == 1 and "in_channels 3 there, 1 here" in result.stderr
 
 
+def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(tmp_path: Path) -> None:
+    # A one-cycle schedule counts steps, so another batch size would end it early or late.
+    run("train.py", *SHAPES, "--epochs", "1", "--schedule", "onecycle", "--name", "a", cwd=tmp_path)
+    last = (tmp_path / "runs" / "a" / "last.pt").read_bytes()
+    result = run("train.py", "--resume", "runs/a", "--epochs", "2", "--batch-size", "8", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "needs its global batch of 16" in result.stderr and "not 8" in result.stderr
+    assert (tmp_path / "runs" / "a" / "last.pt").read_bytes() == last
+    # The step schedule has no such count: it goes on, with a note.
+    run("train.py", *SHAPES, "--epochs", "1", "--name", "b", cwd=tmp_path)
+    result = run("train.py", "--resume", "runs/b", "--epochs", "2", "--batch-size", "8", "--max-steps", "1", cwd=tmp_path)
+    assert "the global batch is now 8" in result.stdout
+
+
 class Payload:
     """Unpickling this runs code: it creates a marker file."""
 
@@ -127,7 +141,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--image-size", "66"], "--image-size must be at least 67"),
         (["--model", "torchvision", "--image-size", "62"], "--image-size must be at least 63"),
-        (["--device", "cuda:0"], "CUDA is not available"),
+        pytest.param(["--device", "cuda:0"], "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")),
         (["--dataset", "svhn"], "invalid choice: 'svhn'"),
         (["--weight-decay", "-1"], "--weight-decay cannot be negative"),
         (["--tta", "10crop"], "--tta applies to --evaluate"),
