@@ -76,3 +76,12 @@ def test_evaluate_with_ten_crops(tmp_path: Path) -> None:
     row = json.loads((tmp_path / "runs" / "a" / "metrics.jsonl").read_text().splitlines()[-1])
     assert reports["none"]["val_top1"] == row["val_top1"]  # --evaluate repeats the run's own validation
     assert reports["10crop"]["val_loss"] != reports["none"]["val_loss"]
+
+
+def test_evaluate_takes_the_checkpoints_channels(tmp_path: Path) -> None:
+    # A grayscale model evaluated on an RGB folder, without repeating --in-channels.
+    write_folder(tmp_path / "folder")
+    run("train.py", "--data", "folder", "--image-size", "67", "--in-channels", "1", *TINY, "--name", "gray", cwd=tmp_path)
+    result = run("train.py", "--data", "folder", "--evaluate", "runs/gray/best.pt", "--workers", "0", cwd=tmp_path)
+    row = json.loads((tmp_path / "runs" / "gray" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert json.loads(result.stdout.strip().splitlines()[-1])["val_top1"] == row["val_top1"]
