@@ -6,7 +6,9 @@ is a randomly initialised torchvision AlexNet written where torch.hub looks for 
 """
 
 import json
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 
@@ -28,13 +30,14 @@ WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"  # the file name in torchvision's IMAG
 
 
 @pytest.fixture(scope="module")
-def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A train.py-style checkpoint of a 3-class AlexNet (the keys inference needs)."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=len(CLASSES))
     path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
     torch.save({"model": model.state_dict(), "model_config": model.config, "classes": CLASSES, "preprocess": PREPROCESS}, path)
-    return path
+    yield path
+    shutil.rmtree(path.parent)
 
 
 @pytest.fixture(scope="module")
@@ -196,14 +199,15 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def random_imagenet_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def random_imagenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
     """torchvision's AlexNet with random weights, saved under the IMAGENET1K_V1 file name: (TORCH_HOME, state_dict)."""
     torch.manual_seed(0)
     state_dict = torchvision.models.alexnet(weights=None).state_dict()
     home = tmp_path_factory.mktemp("torch_home")
     (home / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state_dict, home / "hub" / "checkpoints" / WEIGHTS_FILE)
-    return home, state_dict
+    yield home, state_dict
+    shutil.rmtree(home)
 
 
 @pytest.mark.parametrize("failure", ["offline", "http"])

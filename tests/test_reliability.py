@@ -3,9 +3,11 @@ checkpoints, and bad image folders (issue: reliability and safety)."""
 
 import json
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,11 +40,12 @@ def assert_same_training(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Three epochs in one go: the reference for every resumed run below."""
     work = tmp_path_factory.mktemp("straight")
     run("train.py", *SHAPES, "--epochs", "3", "--name", "straight", cwd=work)
-    return work / "runs" / "straight"
+    yield work / "runs" / "straight"
+    shutil.rmtree(work)  # ~670 MB of checkpoints: free the disk once the module is done
 
 
 def test_resume_after_an_epoch_is_bit_identical(straight_run: Path, tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ CPU only and fast: one tiny-class AlexNet checkpoint is written once for the who
 import io
 import os
 import pickle
+import shutil
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +37,11 @@ def checkpoint_dict() -> dict:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_file(checkpoint_dict: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint_file(checkpoint_dict: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
     torch.save(checkpoint_dict, path)
-    return path
+    yield path
+    shutil.rmtree(path.parent)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """train.py and inference.py end to end, as subprocesses, on tiny data written in the real formats."""
 
 import json
+import shutil
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,13 @@ TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interva
 
 
 @pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One tiny run of the default (shapes) pipeline, shared by the tests below."""
     work = tmp_path_factory.mktemp("shapes")
     run("train.py", "--train-size", "64", "--val-size", "32", "--epochs", "2", "--max-steps", "2", "--batch-size", "16",
         "--name", "tiny", cwd=work)
-    return work
+    yield work
+    shutil.rmtree(work)  # ~670 MB of checkpoints: free the disk once the module is done
 
 
 def test_train_writes_the_run_directory(shapes_run: Path) -> None:
