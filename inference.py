@@ -254,15 +254,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     not a checkpoint, truncated, refused as unsafe, missing keys, or whose weights do not fit its
     model_config.
     """
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
-    check_checkpoint_contents(checkpoint, path)
-    model = build_model(checkpoint["model_config"], path)
-    check_classes_and_preprocess(checkpoint, model, path)
-    check_weights(model, checkpoint["model"], path)
-    model.load_state_dict(checkpoint["model"])  # cannot fail after check_weights
+    checkpoint = read_checked_checkpoint(Path(path))
+    model = AlexNet(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model"])  # cannot fail after the checks
     model.to(device).eval()
     return model, {"classes": list(checkpoint["classes"]), "preprocess": checkpoint["preprocess"]}
+
+
+def read_checked_checkpoint(path: Path) -> dict:
+    """A train.py checkpoint as a dict, checked so that AlexNet(**checkpoint["model_config"]) builds
+    and loads checkpoint["model"]; CheckpointError (one line) otherwise. train.py's --resume and
+    --evaluate read checkpoints through this too."""
+    checkpoint = read_checkpoint(path)
+    check_checkpoint_contents(checkpoint, path)
+    with torch.device("meta"):  # shapes only: no time or memory spent on 58 M real parameters
+        model = build_model(checkpoint["model_config"], path)
+    check_classes_and_preprocess(checkpoint, model, path)
+    check_weights(model, checkpoint["model"], path)
+    return checkpoint
 
 
 def read_checkpoint(path: Path) -> object:

@@ -40,7 +40,7 @@ import torchvision.transforms.v2.functional as TF
 
 from alexnet import INITS, MIN_INPUT_SIZE, TORCHVISION_MIN_INPUT_SIZE, AlexNet
 from data_pipeline import AUGMENTATIONS, DATASETS, DEFAULT_IMAGE_SIZE, InMemory, load_data, save_atomically, train_transform_batch
-from inference import IMAGENET_PREPROCESS, TTA_MODES, CheckpointError, eval_transform, imagenet_state_dict, read_checkpoint, ten_crop_transform
+from inference import IMAGENET_PREPROCESS, TTA_MODES, CheckpointError, eval_transform, imagenet_state_dict, read_checked_checkpoint, ten_crop_transform
 from plots import plot_confusion, plot_curves, plot_filters, plot_predictions
 
 # The paper's recipe (section 5): SGD with momentum 0.9, weight decay 5e-4, batch 128, lr 0.01
@@ -308,15 +308,12 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str],
 
 
 def load_checkpoint_file(path: Path, flag: str) -> dict:
-    """A train.py checkpoint, loaded safely (tensors and plain data only), or one clear error line."""
+    """A train.py checkpoint, loaded safely (tensors and plain data only) and checked (its weights
+    fit its model_config), or one clear error line."""
     try:
-        checkpoint = read_checkpoint(path)
+        return read_checked_checkpoint(path)
     except CheckpointError as error:
         raise SystemExit(f"error: {flag} {error}") from None
-    missing = [key for key in ("model", "model_config", "classes", "preprocess", "args") if key not in checkpoint] if isinstance(checkpoint, dict) else ["all"]
-    if missing:
-        raise SystemExit(f"error: {flag} {path}: not a train.py checkpoint (missing {', '.join(missing)})")
-    return checkpoint
 
 
 def check_resumable(checkpoint: dict, model: AlexNet, path: Path) -> None:
@@ -341,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         if not resume_path.is_file():
             raise SystemExit(f"error: --resume {args.resume}: no checkpoint there (expected a last.pt or a run directory)")
         resume = load_checkpoint_file(resume_path, "--resume")
-        if "optimizer" not in resume:
+        if "optimizer" not in resume or "args" not in resume:
             raise SystemExit(f"error: --resume {resume_path}: holds weights only (best.pt); resume from last.pt")
         for key, value in resume["args"].items():  # the run's own settings, unless given again
             if key not in args.explicit and key not in NOT_RESUMED and key != "explicit":

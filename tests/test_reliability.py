@@ -136,6 +136,25 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None
     assert not marker.exists()
 
 
+def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path: Path) -> None:
+    # The model train.py builds by default, but a first layer for 1-channel images in the weights.
+    from alexnet import AlexNet
+
+    model = AlexNet(num_classes=10)
+    weights = model.state_dict()
+    weights["features.0.weight"] = weights["features.0.weight"][:, :1].clone()
+    preprocess = {"image_size": 67, "resize_size": 67, "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
+    path = tmp_path / "runs" / "odd" / "last.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": weights, "model_config": model.config, "classes": [str(i) for i in range(10)], "preprocess": preprocess,
+                "args": {}, "optimizer": {}, "epoch": 1}, path)
+    for flag in ("--resume", "--evaluate"):
+        result = run("train.py", flag, str(path), cwd=tmp_path, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"error: {flag} {path}: weights do not match")
+        assert "features.0.weight has shape (96, 1, 11, 11) in the file but (96, 3, 11, 11)" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
