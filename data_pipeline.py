@@ -231,21 +231,27 @@ class InMemory:
 
 
 class FolderFiles(torch.utils.data.Dataset):
-    """Image files -> (uint8 (C, R, R) tensor or None if unreadable, label), for DataLoader workers."""
+    """Image files -> (uint8 (C, R, R) tensor or None, label, whether the file was unreadable), for DataLoader workers.
 
-    def __init__(self, samples: list[tuple[Path, int]], channels: int, store_size: int) -> None:
-        self.samples, self.channels, self.store_size = samples, channels, store_size
+    With `fill` (streamed training), the next readable file takes an unreadable one's place: every
+    batch stays full, so the processes under torchrun take the same number of steps (one short of
+    a batch would leave the others waiting in DDP's all-reduce), and shapes stay fixed.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], channels: int, store_size: int, fill: bool = False) -> None:
+        self.samples, self.channels, self.store_size, self.fill = samples, channels, store_size, fill
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int]:
-        path, label = self.samples[index]
-        try:
-            return decode_for_store(path, self.channels, self.store_size), label
-        except BadImageError as error:
-            print(f"warning: skipping {error}", file=sys.stderr)
-            return None, label
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, bool]:
+        for offset in range(16 if self.fill else 1):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                return decode_for_store(path, self.channels, self.store_size), label, offset > 0
+            except BadImageError as error:
+                print(f"warning: skipping {error}", file=sys.stderr)
+        return None, label, True
 
 
 def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -254,8 +260,8 @@ def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     One stacked tensor per batch, not one per image: workers share tensors with the main process
     through file descriptors, and thousands of small ones would exhaust the limit on open files.
     """
-    readable = [(image, label) for image, label in batch if image is not None]
-    unreadable = torch.tensor([image is None for image, _ in batch])
+    readable = [(image, label) for image, label, _ in batch if image is not None]
+    unreadable = torch.tensor([bad for _, _, bad in batch])
     if not readable:
         return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), unreadable
     return torch.stack([image for image, _ in readable]), torch.tensor([label for _, label in readable]), unreadable
@@ -270,9 +276,12 @@ class Streaming:
     """An image folder decoded by DataLoader workers, served as uint8 (N, C, R, R) batches on the device."""
 
     def __init__(self, files: FolderFiles, batch_size: int, train: bool, workers: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, max_bad_files: int = 10, bad_files: set[str] | None = None) -> None:
         self.files, self.batch_size, self.train, self.device = files, batch_size, train, device
         self.rank, self.world_size = rank, world_size
+        # Unreadable files are found as they are read: counted (in a set that train and val share)
+        # against the same limit as folders decoded into memory.
+        self.max_bad_files, self.bad_files = max_bad_files, set() if bad_files is None else bad_files
         self.order = []  # the sampler: refilled in place every epoch, read by the persistent loader
         self.loader = torch.utils.data.DataLoader(
             files,
@@ -294,14 +303,26 @@ class Streaming:
 
     def batches(self, seed: int = 0, start: int = 0):
         """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training."""
-        self.order[:] = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)[start * self.batch_size :].tolist()
-        for images, labels, _ in self.loader:
-            if len(labels):  # a batch of unreadable files only
+        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)[start * self.batch_size :].tolist()
+        self.order[:] = order
+        for i, (images, labels, unreadable) in enumerate(self.loader):
+            if unreadable.any():
+                batch = order[i * self.batch_size : (i + 1) * self.batch_size]
+                self.bad_files.update(str(self.files.samples[j][0]) for j, bad in zip(batch, unreadable.tolist()) if bad)
+                check_bad_files(sorted(self.bad_files), self.max_bad_files)
+            if len(labels):  # not a batch of unreadable files only
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Image folders: DIR/train/<class>/<image>, DIR/val/<class>/<image> (ImageNet layout).
+
+
+def check_bad_files(bad: list[str], max_bad_files: int) -> None:
+    """One error line (SystemExit) when more image files are unreadable than --max-bad-files allows."""
+    if len(bad) > max_bad_files:
+        raise SystemExit(f"error: --data: {len(bad)} image files cannot be read (more than --max-bad-files {max_bad_files}), "
+                         f"e.g. {bad[0]}; fix or remove them, or raise --max-bad-files")
 
 
 def decode_for_store(path: Path, channels: int, size: int) -> torch.Tensor:
@@ -530,16 +551,14 @@ def load_data(
         stored_bytes = (len(train_samples) + len(val_samples)) * channels * store_size**2
         stream = loader == "stream" or (loader == "auto" and stored_bytes > MEMORY_LIMIT_BYTES)
         if stream:
-            train_files = FolderFiles(train_samples, channels, store_size)
+            train_files = FolderFiles(train_samples, channels, store_size, fill=True)
             mean, std = channel_stats(train_files_sample(train_files))
         else:
             cache_dir = Path(data_root) / "cache"
             train_images, train_labels, bad = cached_decode(root / "train", train_samples, channels, store_size, workers, cache_dir)
             val_images, val_labels, bad_val = cached_decode(root / "val", val_samples, channels, store_size, workers, cache_dir)
             bad += bad_val
-            if len(bad) > max_bad_files:
-                raise SystemExit(f"error: --data {root}: {len(bad)} image files cannot be read (more than --max-bad-files "
-                                 f"{max_bad_files}), e.g. {bad[0]}; fix or remove them, or raise --max-bad-files")
+            check_bad_files(bad, max_bad_files)
             if bad:
                 print(f"warning: skipped {len(bad)} unreadable image file(s) (allowed: --max-bad-files {max_bad_files}): "
                       f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
@@ -570,8 +589,10 @@ def load_data(
     spec = augmentation_spec(augment, source, store_size, image_size, mean, std, lighting, eigen)
     shard = {"rank": rank, "world_size": world_size}
     if stream:
-        train = Streaming(train_files, batch_size, True, workers, device, **shard)
-        val = Streaming(FolderFiles(val_samples, channels, store_size), batch_size, False, workers, device, **shard)
+        bad_files = set()
+        train = Streaming(train_files, batch_size, True, workers, device, **shard, max_bad_files=max_bad_files, bad_files=bad_files)
+        val = Streaming(FolderFiles(val_samples, channels, store_size), batch_size, False, workers, device, **shard,
+                        max_bad_files=max_bad_files, bad_files=bad_files)
     else:
         train = InMemory(train_images, train_labels, batch_size, True, device, **shard)
         val = InMemory(val_images, val_labels, batch_size, False, device, **shard)

@@ -214,6 +214,27 @@ def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:
     assert sum(len(labels) for _, labels in val.batches()) == 6  # 7 files, one unreadable, no crash
 
 
+def test_streamed_training_fills_unreadable_files_and_counts_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Under torchrun each process must take the same number of steps: a batch may not shrink or vanish.
+    root = write_folder(tmp_path / "f", per_class=4)
+    for name in ("a/1.png", "a/2.png", "b/3.png"):
+        (root / "train" / name).write_text("not an image")
+    sizes = []
+    for rank in (0, 1):
+        train, *_ = load(root, tmp_path, loader="stream", rank=rank, world_size=2)
+        batches = list(train.batches(seed=rank))
+        sizes.append([len(labels) for _, labels in batches])
+        images, labels = torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
+        assert torch.equal(images[:, 0, 0, 0].long(), 100 * labels)  # a file filling in brings its own label (red 0 or 100)
+    assert sizes == [[2, 2], [2, 2]]  # 8 files, global batch 4: two full batches on each process
+    assert "skipping" in capsys.readouterr().err
+    # The same limit as for folders decoded into memory, found as the files are read.
+    train, *_ = load(root, tmp_path, loader="stream", max_bad_files=2)
+    with pytest.raises(SystemExit, match=r"3 image files cannot be read \(more than --max-bad-files 2\), e\.g\. .*\.png"):
+        for _ in range(3):  # (each epoch reads the files in another order; all of them once an epoch)
+            list(train.batches(seed=_))
+
+
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "f")
     (root / "train" / "empty").mkdir()
