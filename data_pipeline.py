@@ -158,8 +158,17 @@ def lighting_shift(alpha: torch.Tensor, eigval: list[float], eigvec: list[list[f
 def pca_lighting_stats(images: torch.Tensor, limit: int = 2000) -> tuple[list[float], list[list[float]]]:
     """Eigenvalues (decreasing) and eigenvectors (columns) of the RGB covariance of uint8 images
     (N, 3, H, W) in [0, 1] units, over `limit` of them: the paper's PCA, on your own data."""
-    pixels = images[:limit].cpu().permute(1, 0, 2, 3).reshape(3, -1).double().div(255)  # (3, pixels)
-    eigval, eigvec = torch.linalg.eigh(torch.cov(pixels))  # increasing order
+    total = torch.zeros(3, dtype=torch.float64)
+    products = torch.zeros(3, 3, dtype=torch.float64)
+    count = 0
+    for chunk in images[:limit].split(100):  # in chunks: 2000 256px images as one float64 tensor would be 3 GB
+        pixels = chunk.cpu().permute(1, 0, 2, 3).reshape(3, -1).double().div(255)  # (3, pixels)
+        total += pixels.sum(dim=1)
+        products += pixels @ pixels.T
+        count += pixels.shape[1]
+    mean = total / count
+    covariance = (products - count * torch.outer(mean, mean)) / (count - 1)  # what torch.cov gives on all pixels at once
+    eigval, eigvec = torch.linalg.eigh(covariance)  # increasing order
     return eigval.flip(0).tolist(), eigvec.flip(1).tolist()
 
 

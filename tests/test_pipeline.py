@@ -303,6 +303,17 @@ def test_pca_of_the_training_images_finds_their_colour_axis() -> None:
     assert abs(abs(first @ direction) - 1) < 1e-3
 
 
+def test_pca_in_chunks_equals_the_covariance_of_all_pixels_at_once() -> None:
+    images = torch.randint(0, 256, (250, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:120, 0] //= 2  # unequal chunks of data: the mean differs between them
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double() / 255
+    expected_val, expected_vec = torch.linalg.eigh(torch.cov(pixels))
+    eigval, eigvec = data_pipeline.pca_lighting_stats(images)
+    torch.testing.assert_close(torch.tensor(eigval, dtype=torch.float64), expected_val.flip(0))
+    # Eigenvectors are defined up to sign.
+    torch.testing.assert_close((torch.tensor(eigvec, dtype=torch.float64) * expected_vec.flip(1)).sum(0).abs(), torch.ones(3, dtype=torch.float64))
+
+
 def test_bench_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "folder")
     for path in sorted((root / "val").rglob("*"), reverse=True):
