@@ -20,8 +20,8 @@ from PIL import Image
 
 import inference
 from alexnet import AlexNet
-from inference import (IMAGENET_PREPROCESS, CheckpointError, DownloadError, imagenet_cache_path, imagenet_state_dict,
-                       load_checkpoint, load_imagenet_weights, predict, ten_crop_transform)
+from inference import (IMAGENET_PREPROCESS, CheckpointError, DownloadError, eval_transform, imagenet_cache_path, imagenet_state_dict,
+                       load_checkpoint, load_image, load_imagenet_weights, predict, ten_crop_transform)
 
 CLASSES = ["a", "b", "c"]
 # resize_size - image_size is even, so that the centre crop sits exactly in the middle.
@@ -260,7 +260,7 @@ def test_cli_weights_imagenet(
     random_imagenet_weights: tuple[Path, dict], no_network: list[str], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path, capsys: pytest.CaptureFixture,
 ) -> None:
-    home, _ = random_imagenet_weights
+    home, state_dict = random_imagenet_weights
     monkeypatch.setenv("TORCH_HOME", str(home))
     (image,) = write_images(tmp_path, 1)
     labels = tmp_path / "labels.txt"
@@ -269,7 +269,19 @@ def test_cli_weights_imagenet(
     assert status == 0, err
     lines = out.splitlines()
     assert lines[0] == f"{image}:" and len(lines) == 4
-    assert all(line.strip().endswith(tuple(f"label {i}" for i in range(1000))) for line in lines[1:])
+    # The named classes and their probabilities are torchvision's model's, with these weights, on the same input.
+    reference = torchvision.models.alexnet(weights=None)
+    reference.load_state_dict(state_dict)
+    with torch.no_grad():
+        probabilities = reference.eval()(eval_transform(load_image(image, 3), IMAGENET_PREPROCESS)[None]).softmax(1)[0]
+    status, out, err = run_cli(capsys, str(image), "--weights", "imagenet", "--topk", "3", "--labels", str(labels), "--json")
+    predictions = json.loads(out)["predictions"]
+    assert [line.split("%", 1)[1].strip() for line in lines[1:]] == [prediction["class"] for prediction in predictions]
+    fourth = probabilities.topk(4).values[-1].item()
+    for prediction in predictions:
+        index = int(prediction["class"].removeprefix("label "))
+        assert prediction["probability"] == pytest.approx(probabilities[index].item(), rel=1e-4)  # (random weights: all near 0.001)
+        assert prediction["probability"] >= fourth * (1 - 1e-4)  # one of the reference's top 3
 
 
 def test_cli_weights_and_checkpoint_together_is_a_usage_error(checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
