@@ -142,3 +142,28 @@ def test_plot_topk(tmp_path: Path, channels: int) -> None:
 def test_plot_topk_rejects_a_batch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\(C, H, W\) uint8"):
         plots.plot_topk(random_images(2), [("a", 1.0)], tmp_path / "x.png")
+
+
+def pixels_near(path: Path, rgb: tuple[int, int, int], tolerance: int = 12) -> int:
+    """How many pixels of a PNG are within `tolerance` of a colour on every channel."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB")).astype(int)
+    return int((np.abs(array - np.array(rgb)).max(axis=2) <= tolerance).sum())
+
+
+def test_plot_predictions_titles_right_in_green_and_wrong_in_red(tmp_path: Path) -> None:
+    green, red = (44, 160, 44), (214, 39, 40)  # matplotlib's tab:green and tab:red
+    grey = torch.full((4, 3, 24, 24), 128, dtype=torch.uint8)  # images with neither colour
+    plots.plot_predictions(grey, [0, 1, 0, 1], [0, 1, 0, 1], ["cat", "dog"], tmp_path / "right.png")
+    plots.plot_predictions(grey, [0, 1, 0, 1], [1, 0, 1, 0], ["cat", "dog"], tmp_path / "wrong.png")
+    assert pixels_near(tmp_path / "right.png", green) > 20 and pixels_near(tmp_path / "right.png", red) == 0
+    assert pixels_near(tmp_path / "wrong.png", red) > 20 and pixels_near(tmp_path / "wrong.png", green) == 0
+
+
+def test_plot_confusion_shades_each_cell_by_its_share_of_the_row(tmp_path: Path) -> None:
+    """A class with 1 image and one with 1000, both always right: both diagonal cells are darkest."""
+    darkest = (8, 48, 107)  # the top of matplotlib's Blues colour map
+    plots.plot_confusion(torch.tensor([[1, 0], [0, 1000]]), ["rare", "common"], tmp_path / "both.png")
+    plots.plot_confusion(torch.tensor([[0, 0], [0, 1000]]), ["rare", "common"], tmp_path / "one.png")
+    both, one = pixels_near(tmp_path / "both.png", darkest), pixels_near(tmp_path / "one.png", darkest)
+    assert one > 10_000 and both == pytest.approx(2 * one, rel=0.05)
