@@ -181,7 +181,7 @@ def baseline_dataset(args: argparse.Namespace, transform):
     if args.data:
         return datasets.ImageFolder(str(Path(args.data) / "train"), transform=transform)
     if args.dataset == "shapes":
-        from shapes import CLASSES, make_shapes
+        from shapes import make_shapes
 
         images, labels = make_shapes(args.train_size, 67, seed=0)
 

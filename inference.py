@@ -30,6 +30,7 @@ be used. The command line reports them as `error: ...` and exits with status 1.
 import argparse
 import contextlib
 import json
+import math
 import pickle
 import re
 import stat
@@ -446,6 +447,16 @@ def load_imagenet_weights(device: str | torch.device = "cpu", progress: bool = T
 # Classifying ----------------------------------------------------------------------------------
 
 
+def class_log_probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the classes, in float32, of (B, C, S, S) images -> (B, num_classes); for
+    (B, K, C, S, S), K crops of each image (10-crop testing), of their averaged probabilities."""
+    crops = images.shape[1] if images.ndim == 5 else 1
+    log_probs = model(images.flatten(0, 1) if crops > 1 else images).float().log_softmax(dim=1)
+    if crops > 1:  # log of the mean of the crops' softmax, without leaving log space
+        log_probs = log_probs.view(-1, crops, log_probs.shape[1]).logsumexp(dim=1) - math.log(crops)
+    return log_probs
+
+
 @torch.no_grad()
 def predict(
     model: AlexNet, meta: dict, images: list, topk: int = 5, batch_size: int = 64, tta: str | None = None
@@ -479,10 +490,7 @@ def predict(
     results = []
     for start in range(0, len(inputs), images_per_batch):
         batch = torch.stack(inputs[start : start + images_per_batch]).to(device)  # (B, C, S, S) or (B, 10, C, S, S)
-        logits = model(batch.flatten(0, 1) if ten_crop else batch).float()
-        probabilities = logits.softmax(dim=1)  # (B, num_classes), or (B * 10, num_classes)
-        if ten_crop:
-            probabilities = probabilities.view(len(batch), 10, -1).mean(dim=1)  # average the ten crops' softmax
+        probabilities = class_log_probabilities(model, batch).exp()  # (B, num_classes)
         values, indices = probabilities.topk(min(topk, len(classes)), dim=1)
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
             results.append([(classes[i], p) for i, p in zip(row_indices, row_values)])

@@ -24,7 +24,6 @@ training device as uint8 and augmented there a batch at a time: see data_pipelin
 
 import argparse
 import json
-import math
 import os
 import random
 import signal
@@ -40,7 +39,8 @@ import torchvision.transforms.v2.functional as TF
 
 from alexnet import INITS, MIN_INPUT_SIZE, TORCHVISION_MIN_INPUT_SIZE, AlexNet
 from data_pipeline import AUGMENTATIONS, DATASETS, DEFAULT_IMAGE_SIZE, InMemory, load_data, save_atomically, train_transform_batch
-from inference import IMAGENET_PREPROCESS, TTA_MODES, CheckpointError, eval_transform, imagenet_state_dict, read_checked_checkpoint, ten_crop_transform
+from inference import (IMAGENET_PREPROCESS, TTA_MODES, CheckpointError, class_log_probabilities, eval_transform, imagenet_state_dict,
+                       read_checked_checkpoint, ten_crop_transform)
 from plots import plot_confusion, plot_curves, plot_filters, plot_predictions
 
 # The paper's recipe (section 5): SGD with momentum 0.9, weight decay 5e-4, batch 128, lr 0.01
@@ -239,12 +239,8 @@ def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num
     count = 0
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64)
     for images, labels in batches:
-        crops = images.shape[1] if images.ndim == 5 else 1
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images.flatten(0, 1) if crops > 1 else images)
-        log_probs = logits.float().log_softmax(dim=1)
-        if crops > 1:  # average the probabilities of the crops of each image
-            log_probs = log_probs.view(len(labels), crops, -1).logsumexp(dim=1) - math.log(crops)
+            log_probs = class_log_probabilities(model, images)
         loss = F.nll_loss(log_probs, labels, reduction="sum")
         totals[:3] += torch.stack([loss, *accuracy_counts(log_probs, labels)]).double()
         count += len(labels)

@@ -7,7 +7,6 @@ is a randomly initialised torchvision AlexNet written where torch.hub looks for 
 
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import HTTPError, URLError
