@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, AlexNet
 from data_pipeline import AUGMENTATIONS, DATASETS, load_data, train_transform_batch
-from train import pick_device, pick_precision
+from train import pick_device, pick_precision, train_step
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,12 +150,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     def step(batch: tuple) -> None:
         images, labels = batch
         x = train_transform_batch(images, spec, augment_rng, memory_format)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(forward(x).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(forward, F.cross_entropy, optimizer, scaler, x, labels, amp_dtype)  # train.py's step
 
     batches = forever(lambda epoch: train.batches(seed=epoch))
     seconds = time_steps(step, batches, args.warmup, args.steps, device)

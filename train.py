@@ -227,6 +227,19 @@ def accuracy_counts(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, .
     return [hits[:, :k].any(dim=1).sum() for k in ks]
 
 
+def train_step(forward, criterion, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
+               labels: torch.Tensor, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch (bench.py times this same step) -> (logits, loss), without a host sync."""
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = forward(x)
+        loss = criterion(logits.float(), labels)  # softmax and loss in float32 even under autocast
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()  # fp16: scaled so that small gradients do not flush to zero
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num_classes: int, world_size: int) -> dict:
     """Loss, top-1 and top-5 accuracy and the confusion matrix over normalised (images, labels)
@@ -564,13 +577,7 @@ def main(argv: list[str] | None = None) -> None:
         batches = train_data.batches(seed=args.seed * 1000 + epoch, start=first_batch)
         for i, (images, labels) in enumerate(batches, start=first_batch + 1):
             x = train_transform_batch(images, augment, augment_rng, memory_format, rank, world_size)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = forward(x)
-                loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            logits, loss = train_step(forward, criterion, optimizer, scaler, x, labels, amp_dtype)
             if args.schedule == "onecycle" and step < total_steps or args.schedule != "onecycle" and step < args.warmup_steps:
                 step_schedule.step()
             step += 1
