@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,3 +33,12 @@ def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 3
     if check:
         assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file, checked to be one that decodes whole."""
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()  # the whole file decodes, not just its header
+        return image.size

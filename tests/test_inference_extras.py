@@ -21,6 +21,7 @@ import inference
 from alexnet import AlexNet
 from inference import (IMAGENET_PREPROCESS, CheckpointError, DownloadError, eval_transform, imagenet_cache_path, imagenet_state_dict,
                        load_checkpoint, load_image, load_imagenet_weights, predict, ten_crop_transform)
+from conftest import png_size
 
 CLASSES = ["a", "b", "c"]
 # resize_size - image_size is even, so that the centre crop sits exactly in the middle.
@@ -131,12 +132,6 @@ def test_cli_tta_10crop(tmp_path: Path, checkpoint_file: Path, loaded: tuple[Ale
     expected = predict(*loaded, [path], topk=3, tta="10crop")[0]
     assert [(p["class"], pytest.approx(p["probability"], abs=1e-6)) for p in printed] == expected
     assert run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--tta", "5crop")[0] == 2
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        return image.size
 
 
 def test_cli_plot_one_image(tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:

@@ -12,15 +12,7 @@ from PIL import Image
 
 import plots
 from alexnet import AlexNet
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a PNG file, checked to be one."""
-    assert path.is_file() and path.stat().st_size > 0
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        image.load()  # the whole file decodes, not just its header
-        return image.size
+from conftest import ROOT, png_size
 
 
 def random_images(count: int, channels: int = 3, size: int = 24) -> torch.Tensor:
@@ -31,8 +23,6 @@ def test_importing_plots_does_not_import_matplotlib() -> None:
     """train.py and inference.py import plots at no cost; matplotlib loads when a picture is drawn."""
     import subprocess
     import sys
-
-    from conftest import ROOT
 
     code = "import sys, plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
