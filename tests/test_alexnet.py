@@ -78,8 +78,8 @@ def test_activations_keep_their_scale_at_init() -> None:
 def test_overfits_one_tiny_batch() -> None:
     model = AlexNet(num_classes=4, dropout=0.0)
     images, labels = torch.randn(8, 3, 67, 67), torch.arange(8) % 4
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-    for _ in range(60):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.004, momentum=0.9)
+    for _ in range(40):  # (loss below 4e-4 by then with seeds 0, 1 and 2)
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad()
         loss.backward()
