@@ -318,7 +318,7 @@ class Streaming:
             if unreadable.any():
                 batch = order[i * self.batch_size : (i + 1) * self.batch_size]
                 self.bad_files.update(str(self.files.samples[j][0]) for j, bad in zip(batch, unreadable.tolist()) if bad)
-                check_bad_files(sorted(self.bad_files), self.max_bad_files)
+                check_bad_files(self.bad_files, self.max_bad_files)
             if len(labels):  # not a batch of unreadable files only
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -327,11 +327,11 @@ class Streaming:
 # Image folders: DIR/train/<class>/<image>, DIR/val/<class>/<image> (ImageNet layout).
 
 
-def check_bad_files(bad: list[str], max_bad_files: int) -> None:
+def check_bad_files(bad: list[str] | set[str], max_bad_files: int) -> None:
     """One error line (SystemExit) when more image files are unreadable than --max-bad-files allows."""
     if len(bad) > max_bad_files:
         raise SystemExit(f"error: --data: {len(bad)} image files cannot be read (more than --max-bad-files {max_bad_files}), "
-                         f"e.g. {bad[0]}; fix or remove them, or raise --max-bad-files")
+                         f"e.g. {min(bad)}; fix or remove them, or raise --max-bad-files")
 
 
 def decode_for_store(path: Path, channels: int, size: int) -> torch.Tensor:
