@@ -192,6 +192,7 @@ def channel_stats(images: torch.Tensor, limit: int = 10000) -> tuple[list[float]
         count += x[:, 0].numel()
     mean = total / count
     std = (squares / count - mean.square()).clamp(min=0).mul(count / max(count - 1, 1)).sqrt()
+    std = std.clamp(min=1 / 255)  # a channel that never varies (synthetic data): one grey level, not a division by zero
     return mean.tolist(), std.tolist()
 
 

@@ -235,6 +235,16 @@ def test_streamed_training_fills_unreadable_files_and_counts_them(tmp_path: Path
             list(train.batches(seed=_))
 
 
+def test_a_channel_that_never_varies_is_normalised_without_dividing_by_zero(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "f")  # blue is 30 in every image
+    for loader in ("memory", "stream"):
+        train, _, _, preprocess, spec = load(root, tmp_path, loader=loader)
+        assert preprocess["std"][2] == pytest.approx(1 / 255) and preprocess["std"][0] > 0.1
+        images, _ = next(train.batches())
+        x = data_pipeline.train_transform_batch(images, spec, torch.Generator().manual_seed(0))
+        assert torch.isfinite(x).all()
+
+
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "f")
     (root / "train" / "empty").mkdir()
