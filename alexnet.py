@@ -110,6 +110,73 @@ def fc6_weight_for_map(weight: torch.Tensor, height: int, width: int) -> torch.T
     return folded.reshape(out_features, -1)  # -> (4096, 256 * h * w)
 
 
+def norm(lrn: bool) -> list[nn.Module]:
+    """Local response normalisation, if asked for (it keeps the shape)."""
+    # The paper's n = 5, alpha = 1e-4, beta = 0.75, k = 2. nn.LocalResponseNorm divides
+    # alpha by n, exactly as Krizhevsky's own cuda-convnet code does, so this matches the
+    # original code (the paper's formula writes alpha without the /n). The public
+    # cuda-convnet and Caffe's bvlc_alexnet use k = 1 instead of the paper's 2.
+    return [nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)] if lrn else []
+
+
+def make_features(in_channels: int, channels: tuple[int, ...], padding1: int, lrn: bool, groups: int) -> nn.Sequential:
+    """The five convolutions with their ReLUs, LRN and max-pools."""
+    c1, c2, c3, c4, c5 = channels
+    # PAPER: the paper follows the ReLUs of conv1 and conv2 with local response normalisation
+    # and splits conv2, conv4 and conv5 into two groups, one per GPU (lrn=True, groups=2, as
+    # in AlexNet.paper()). The default leaves both out, as every modern reimplementation does:
+    # LRN costs time for little accuracy, and the grouping was a memory workaround for 3 GB
+    # GPUs. With groups=2, each half of conv2, conv4 and conv5 sees only its own tower's half
+    # of the channels below it; conv3 and the FC layers see both towers.
+    # Shapes below are for the paper layout at 227x227; the torchvision layout at 224x224
+    # has the same spatial sizes (55, 27, 13, 6) with its own channel counts.
+    return nn.Sequential(
+        # (B, C, 227, 227) -> (B, 96, 55, 55)
+        nn.Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=padding1),
+        nn.ReLU(inplace=True),
+        *norm(lrn),  # LRN keeps the shape
+        nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping pooling -> (B, 96, 27, 27)
+        nn.Conv2d(c1, c2, kernel_size=5, padding=2, groups=groups),  # -> (B, 256, 27, 27)
+        nn.ReLU(inplace=True),
+        *norm(lrn),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 256, 13, 13)
+        nn.Conv2d(c2, c3, kernel_size=3, padding=1),  # -> (B, 384, 13, 13)
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c3, c4, kernel_size=3, padding=1, groups=groups),  # -> (B, 384, 13, 13)
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c4, c5, kernel_size=3, padding=1, groups=groups),  # -> (B, 256, 13, 13)
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 256, 6, 6)
+    )
+
+
+def make_classifier(c5: int, num_classes: int, dropout: float, layout: str) -> nn.Sequential:
+    """The three fully connected layers with their ReLUs and dropouts."""
+    if layout == "paper":
+        return nn.Sequential(
+            nn.Linear(c5 * 6 * 6, 4096),  # (B, 9216) -> (B, 4096)
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, num_classes),  # -> (B, num_classes)
+        )
+    else:
+        # PAPER: torchvision drops out the inputs of fc6 and fc7, where the paper drops out
+        # the outputs of fc6 and fc7. Same modules in torchvision's order, so that torchvision's
+        # keys (classifier.1, classifier.4, classifier.6) load as they are.
+        return nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(c5 * 6 * 6, 4096),  # (B, 9216) -> (B, 4096)
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),  # -> (B, num_classes)
+        )
+
+
 class AlexNet(nn.Module):
     """AlexNet: five conv layers and three fully connected layers, returning logits.
 
@@ -163,62 +230,8 @@ class AlexNet(nn.Module):
             c1, c2, c3, c4, c5 = 64, 192, 384, 256, 256
             padding1 = 2
 
-        def norm() -> list[nn.Module]:
-            # The paper's n = 5, alpha = 1e-4, beta = 0.75, k = 2. nn.LocalResponseNorm divides
-            # alpha by n, exactly as Krizhevsky's own cuda-convnet code does, so this matches the
-            # original code (the paper's formula writes alpha without the /n). The public
-            # cuda-convnet and Caffe's bvlc_alexnet use k = 1 instead of the paper's 2.
-            return [nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)] if lrn else []
-
-        # PAPER: the paper follows the ReLUs of conv1 and conv2 with local response normalisation
-        # and splits conv2, conv4 and conv5 into two groups, one per GPU (lrn=True, groups=2, as
-        # in AlexNet.paper()). The default leaves both out, as every modern reimplementation does:
-        # LRN costs time for little accuracy, and the grouping was a memory workaround for 3 GB
-        # GPUs. With groups=2, each half of conv2, conv4 and conv5 sees only its own tower's half
-        # of the channels below it; conv3 and the FC layers see both towers.
-        # Shapes below are for the paper layout at 227x227; the torchvision layout at 224x224
-        # has the same spatial sizes (55, 27, 13, 6) with its own channel counts.
-        self.features = nn.Sequential(
-            # (B, C, 227, 227) -> (B, 96, 55, 55)
-            nn.Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=padding1),
-            nn.ReLU(inplace=True),
-            *norm(),  # LRN keeps the shape
-            nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping pooling -> (B, 96, 27, 27)
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2, groups=groups),  # -> (B, 256, 27, 27)
-            nn.ReLU(inplace=True),
-            *norm(),
-            nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 256, 13, 13)
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1),  # -> (B, 384, 13, 13)
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1, groups=groups),  # -> (B, 384, 13, 13)
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, kernel_size=3, padding=1, groups=groups),  # -> (B, 256, 13, 13)
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),  # -> (B, 256, 6, 6)
-        )
-        if layout == "paper":
-            self.classifier = nn.Sequential(
-                nn.Linear(c5 * 6 * 6, 4096),  # (B, 9216) -> (B, 4096)
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Linear(4096, 4096),
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Linear(4096, num_classes),  # -> (B, num_classes)
-            )
-        else:
-            # PAPER: torchvision drops out the inputs of fc6 and fc7, where the paper drops out
-            # the outputs of fc6 and fc7. Same modules in torchvision's order, so that torchvision's
-            # keys (classifier.1, classifier.4, classifier.6) load as they are.
-            self.classifier = nn.Sequential(
-                nn.Dropout(dropout),
-                nn.Linear(c5 * 6 * 6, 4096),  # (B, 9216) -> (B, 4096)
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Linear(4096, 4096),
-                nn.ReLU(inplace=True),
-                nn.Linear(4096, num_classes),  # -> (B, num_classes)
-            )
+        self.features = make_features(in_channels, (c1, c2, c3, c4, c5), padding1, lrn, groups)
+        self.classifier = make_classifier(c5, num_classes, dropout, layout)
         self.reset_parameters()
 
     @classmethod
@@ -302,7 +315,7 @@ class AlexNet(nn.Module):
             size = self.min_input_size
             raise ValueError(
                 f"AlexNet needs inputs of at least {size}x{size} pixels, "
-                f"got {tuple(x.shape[-2:])}: upscale the images (e.g. --image-size {size})"
+                f"got {tuple(x.shape[-2:])}: upscale the images to at least that size"
             )
         x = self.features(x)  # (B, C, H, W) -> (B, 256, h, w), h = feature_map_size(H, layout)
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]

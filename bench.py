@@ -35,35 +35,63 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, AlexNet
-from data_pipeline import AUGMENTATIONS, DATASETS, load_data, train_transform_batch
-from train import pick_device, pick_precision, train_step
+from data_pipeline import DATASETS, LOADERS, DataConfig, InMemory, load_data
+from engine import pick_device, pick_precision, sync, train_step
+from errors import DataError
+from presets import AUGMENTATIONS, train_transform
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data
-    parser.add_argument("--dataset", default="shapes", choices=DATASETS, help="built-in or torchvision dataset (default: shapes)")
+    parser.add_argument(
+        "--dataset", default="shapes", choices=DATASETS, help="built-in or torchvision dataset (default: shapes)"
+    )
     parser.add_argument("--data", default=None, help="image folder DIR/train/<class>/* (overrides --dataset)")
-    parser.add_argument("--data-root", default="data", help="torchvision datasets and decoded-image caches (default: data)")
+    parser.add_argument(
+        "--data-root", default="data", help="torchvision datasets and decoded-image caches (default: data)"
+    )
     parser.add_argument("--image-size", type=int, default=224, help="model input size (default: 224)")
-    parser.add_argument("--loader", default="auto", choices=["auto", "memory", "stream"], help="ours: in memory or streamed (default: auto)")
-    parser.add_argument("--augment", default="resized-crop", choices=AUGMENTATIONS, help="ours (default: resized-crop, like the baseline)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: CPU cores)")
-    parser.add_argument("--train-size", type=int, default=4096, help="built-in dataset: number of images (default: 4096)")
+    parser.add_argument("--loader", default="auto", choices=LOADERS, help="ours: in memory or streamed (default: auto)")
+    parser.add_argument(
+        "--augment",
+        default="resized-crop",
+        choices=AUGMENTATIONS,
+        help="ours (default: resized-crop, like the baseline)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: CPU cores)"
+    )
+    parser.add_argument(
+        "--train-size", type=int, default=4096, help="built-in dataset: number of images (default: 4096)"
+    )
     # optimisation (the same for both)
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
     # device and precision
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="ours: mixed precision (default: auto)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="ours: channels_last layout (default: on)")
+    parser.add_argument(
+        "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="ours: mixed precision (default: auto)"
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ours: channels_last layout (default: on)",
+    )
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the model")
     # measurement
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
-    parser.add_argument("--only", default=None, choices=["ours", "baseline"], help="run one pipeline in this process (used internally)")
-    parser.add_argument("--stats", default=None, help=argparse.SUPPRESS)  # internal: the baseline's mean and std, as JSON
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the fraction of it reached")
+    parser.add_argument(
+        "--only", default=None, choices=["ours", "baseline"], help="run one pipeline in this process (used internally)"
+    )
+    parser.add_argument(
+        "--stats", default=None, help=argparse.SUPPRESS
+    )  # internal: the baseline's mean and std, as JSON
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the fraction of it reached"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     for flag in ("batch_size", "steps", "train_size"):
@@ -72,21 +100,16 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 0 or args.workers < 0:
         parser.error("--warmup and --workers cannot be negative")
     if args.image_size < MIN_INPUT_SIZE:
-        parser.error(f"--image-size must be at least {MIN_INPUT_SIZE} (AlexNet's smallest input), got {args.image_size}")
+        parser.error(
+            f"--image-size must be at least {MIN_INPUT_SIZE} (AlexNet's smallest input), got {args.image_size}"
+        )
     if args.data is not None and not (Path(args.data) / "train").is_dir():
         parser.error(f"--data {args.data}: expected an image folder with a train/<class>/ subfolder")
     try:
         args.device = pick_device(args.device)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(f"--device {error}")
     return args
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -129,18 +152,32 @@ def forever(make_batches):
 
 def run_ours(args: argparse.Namespace) -> dict:
     device = args.device
-    source = "folder" if args.data else args.dataset
     start = time.perf_counter()
-    train, _, classes, preprocess, spec = load_data(
-        source, data_dir=args.data, data_root=args.data_root, download=False, image_size=args.image_size, channels=None,
-        train_size=args.train_size, val_size=args.batch_size, augment=args.augment, loader=args.loader,
-        workers=args.workers, batch_size=args.batch_size, seed=0, device=device,
+    config = DataConfig(
+        dataset=args.dataset,
+        data_dir=args.data,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        train_size=args.train_size,
+        val_size=args.batch_size,
+        augment=args.augment,
+        loader=args.loader,
+        workers=args.workers,
+        batch_size=args.batch_size,
     )
+    try:
+        data = load_data(config, device)
+    except DataError as error:
+        dest = "data" if error.setting == "data_dir" else error.setting
+        raise SystemExit(f"error: --{dest.replace('_', '-')} {getattr(args, dest)}: {error}") from None
+    train, classes, preprocess, preset = data.train, data.classes, data.preprocess, data.augment
     setup_seconds = time.perf_counter() - start
     amp_dtype = pick_precision(args.amp, device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = AlexNet(num_classes=len(classes), in_channels=preprocess["in_channels"]).to(device, memory_format=memory_format)
+    model = AlexNet(num_classes=len(classes), in_channels=preprocess.in_channels).to(
+        device, memory_format=memory_format
+    )
     forward = torch.compile(model) if args.compile else model
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, fused=fused or None)
@@ -149,7 +186,7 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     def step(batch: tuple) -> None:
         images, labels = batch
-        x = train_transform_batch(images, spec, augment_rng, memory_format)
+        x = train_transform(images, preset, augment_rng, memory_format)
         train_step(forward, F.cross_entropy, optimizer, scaler, x, labels, amp_dtype)  # train.py's step
 
     batches = forever(lambda epoch: train.batches(seed=epoch))
@@ -160,11 +197,12 @@ def run_ours(args: argparse.Namespace) -> dict:
         "peak_memory_mb": peak_memory_mb(device),
         "setup_seconds": setup_seconds,
         "train_images": len(train),
-        "flops_per_image": train_flops_per_image(model, preprocess["in_channels"], args.image_size),
-        "mean": preprocess["mean"],
-        "std": preprocess["std"],
-        "settings": f"{'in memory' if train.__class__.__name__ == 'InMemory' else 'streamed'}, {spec['augment']} on the device, "
-                    f"{precision}, {'channels_last' if args.channels_last else 'NCHW'}, fused SGD{', compiled' if args.compile else ''}",
+        "flops_per_image": train_flops_per_image(model, preprocess.in_channels, args.image_size),
+        "mean": preprocess.mean,
+        "std": preprocess.std,
+        "settings": f"{'in memory' if isinstance(train, InMemory) else 'streamed'}, {preset.kind} on the device, "
+        f"{precision}, {'channels_last' if args.channels_last else 'NCHW'}, fused SGD"
+        f"{', compiled' if args.compile else ''}",
     }
 
 
@@ -188,7 +226,12 @@ def baseline_dataset(args: argparse.Namespace, transform):
                 return transform(TF.to_pil_image(images[i])), int(labels[i])
 
         return Shapes()
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[args.dataset]
+    cls = {
+        "mnist": datasets.MNIST,
+        "fashion-mnist": datasets.FashionMNIST,
+        "cifar10": datasets.CIFAR10,
+        "cifar100": datasets.CIFAR100,
+    }[args.dataset]
     return cls(args.data_root, train=True, download=False, transform=transform)
 
 
@@ -197,10 +240,18 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
 
     device = args.device
     start = time.perf_counter()
-    transform = T.Compose([T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    transform = T.Compose(
+        [T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+    )
     dataset = baseline_dataset(args, transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda", drop_last=len(dataset) > args.batch_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=len(dataset) > args.batch_size,
+    )
     setup_seconds = time.perf_counter() - start
     torch.manual_seed(0)
     channels = len(mean)
@@ -231,7 +282,11 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu" and Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         if names:
             return f"{names[0]}, {os.cpu_count()} cores"
     return f"{platform.processor() or device.type}, {os.cpu_count()} cores"
@@ -287,16 +342,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['device_name']} ({result['device']}), torch {result['torch']}, {result['data']} "
-          f"({result['train_images']} training images), {args.image_size}px, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}")
-    print(f"ours:     {result['ours_images_per_second']:7.1f} img/s  peak memory {result['ours_peak_memory_mb']:6.0f} MB  "
-          f"({result['ours_settings']})")
-    print(f"baseline: {result['baseline_images_per_second']:7.1f} img/s  peak memory {result['baseline_peak_memory_mb']:6.0f} MB  "
-          f"({result['baseline_settings']})")
-    print(f"ratio:    {result['ratio']:.2f}x   ours at {1e3 * result['ours_tflops']:.0f} GFLOP/s "
-          f"({result['train_flops_per_image'] / 1e9:.2f} GFLOP per image per training step)"
-          + (f" = {100 * result['fraction_of_peak']:.0f}% of {args.peak_tflops} TFLOP/s" if args.peak_tflops else ""))
+    print(
+        f"{result['device_name']} ({result['device']}), torch {result['torch']}, {result['data']} "
+        f"({result['train_images']} training images), {args.image_size}px, batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup}"
+    )
+    print(
+        f"ours:     {result['ours_images_per_second']:7.1f} img/s  "
+        f"peak memory {result['ours_peak_memory_mb']:6.0f} MB  "
+        f"({result['ours_settings']})"
+    )
+    print(
+        f"baseline: {result['baseline_images_per_second']:7.1f} img/s  "
+        f"peak memory {result['baseline_peak_memory_mb']:6.0f} MB  "
+        f"({result['baseline_settings']})"
+    )
+    print(
+        f"ratio:    {result['ratio']:.2f}x   ours at {1e3 * result['ours_tflops']:.0f} GFLOP/s "
+        f"({result['train_flops_per_image'] / 1e9:.2f} GFLOP per image per training step)"
+        + (f" = {100 * result['fraction_of_peak']:.0f}% of {args.peak_tflops} TFLOP/s" if args.peak_tflops else "")
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,11 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     """
     figure = new_figure(CURVES_SIZE)
     ax_loss, ax_top1, ax_top5 = figure.subplots(1, 3)
-    panels = [(ax_loss, "loss", "cross-entropy loss", "Loss"), (ax_top1, "top1", "accuracy (%)", "Top-1 accuracy"),
-              (ax_top5, "top5", "accuracy (%)", "Top-5 accuracy")]
+    panels = [
+        (ax_loss, "loss", "cross-entropy loss", "Loss"),
+        (ax_top1, "top1", "accuracy (%)", "Top-1 accuracy"),
+        (ax_top5, "top5", "accuracy (%)", "Top-5 accuracy"),
+    ]
     for ax, metric, ylabel, title in panels:
         for split, name, style in (("train", "train", "o-"), ("val", "validation", "s-")):
             key = f"{split}_{metric}"
@@ -161,8 +164,10 @@ def plot_predictions(
     predictions = torch.as_tensor(predictions).tolist()
     count = len(images)
     if not count or len(labels) != count or len(predictions) != count:
-        raise ValueError(f"need as many labels and predictions as images (at least one): "
-                         f"{count} images, {len(labels)} labels, {len(predictions)} predictions")
+        raise ValueError(
+            f"need as many labels and predictions as images (at least one): "
+            f"{count} images, {len(labels)} labels, {len(predictions)} predictions"
+        )
     confidences = torch.as_tensor(probabilities).tolist() if probabilities is not None else None
     columns = min(count, PREDICTIONS_PER_ROW)
     rows = math.ceil(count / columns)
@@ -197,8 +202,10 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> N
         raise ValueError(f"expected a square (K, K) confusion matrix, got shape {tuple(confusion.shape)}")
     count = confusion.shape[0]
     if count > MAX_CONFUSION_CLASSES:
-        raise ValueError(f"plot_confusion draws at most {MAX_CONFUSION_CLASSES} classes, got {count}: "
-                         "the class names and counts would not fit")
+        raise ValueError(
+            f"plot_confusion draws at most {MAX_CONFUSION_CLASSES} classes, got {count}: "
+            "the class names and counts would not fit"
+        )
     if len(classes) != count:
         raise ValueError(f"{len(classes)} class names for a {count} x {count} confusion matrix")
     counts = confusion.long().numpy()
@@ -211,7 +218,15 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> N
         for predicted in range(count):
             if counts[true, predicted]:
                 colour = "white" if shares[true, predicted] > 0.5 else "black"  # readable on dark and light cells
-                ax.text(predicted, true, str(counts[true, predicted]), ha="center", va="center", color=colour, fontsize=fontsize)
+                ax.text(
+                    predicted,
+                    true,
+                    str(counts[true, predicted]),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=fontsize,
+                )
     ax.set_xticks(range(count), classes, rotation=90, fontsize=fontsize)
     ax.set_yticks(range(count), classes, fontsize=fontsize)
     total = counts.sum()
@@ -242,8 +257,15 @@ def plot_topk(image: torch.Tensor, topk: list[tuple[str, float]], path: Path, ti
     ax_bars.invert_yaxis()  # best first, at the top
     for position, value in zip(positions, values):
         inside = value > 85  # a long bar leaves no room after it: write inside its end
-        ax_bars.text(value - 1 if inside else value + 1, position, f"{value:.1f}%", va="center", fontsize=9,
-                     ha="right" if inside else "left", color="white" if inside else "black")
+        ax_bars.text(
+            value - 1 if inside else value + 1,
+            position,
+            f"{value:.1f}%",
+            va="center",
+            fontsize=9,
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+        )
     ax_bars.set(xlim=(0, 100), xlabel="confidence (%)", title=f"Top-{len(topk)} predictions")
     ax_bars.grid(axis="x", alpha=0.3)
     figure.tight_layout()

@@ -29,7 +29,14 @@ SCRIPT_ENV = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": THREADS, "PYTHONHASHSE
 
 def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of the repository's scripts in a subprocess, as a user would."""
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr}"
     return result

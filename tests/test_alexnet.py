@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch.utils.flop_counter import FlopCounterMode
 
 from alexnet import MIN_INPUT_SIZE, AlexNet, adaptive_avg_pool_by_matmul, feature_map_size
@@ -75,6 +74,7 @@ def test_activations_keep_their_scale_at_init() -> None:
         assert 0.3 < h.pow(2).mean().sqrt() < 10
 
 
+@pytest.mark.slow
 def test_overfits_one_tiny_batch() -> None:
     model = AlexNet(num_classes=4, dropout=0.0)
     images, labels = torch.randn(8, 3, 67, 67), torch.arange(8) % 4
@@ -128,7 +128,9 @@ def test_fc6_folded_through_the_pooling_is_the_same_function(layout: str, size: 
         outputs.append(out)
         grads.append(torch.autograd.grad(out.square().sum(), list(model.parameters())))
     # Equal up to float32 rounding (a wrong fold is off by the size of the values themselves).
-    for (name, _), ours, reference in zip([("output", None), *model.named_parameters()], [outputs[0], *grads[0]], [outputs[1], *grads[1]]):
+    for (name, _), ours, reference in zip(
+        [("output", None), *model.named_parameters()], [outputs[0], *grads[0]], [outputs[1], *grads[1]]
+    ):
         assert (ours - reference).abs().max() <= 1e-5 * reference.abs().max(), name
 
 

@@ -11,14 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, SCRIPT_ENV, run
 
 SHAPES = ["--train-size", "64", "--val-size", "30", "--log-interval", "1", "--device", "cpu", "--amp", "off"]
 
+pytestmark = pytest.mark.slow  # every test here runs the scripts as subprocesses
+
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train.py"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(ROOT / "train.py"),
+        *args,
+    ]
     env = {**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}  # two processes on two cores
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check:
@@ -62,10 +71,27 @@ def test_one_step_on_two_processes_equals_one_process_with_the_same_global_batch
 
 
 def test_a_dead_process_ends_the_whole_job(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
-               *SHAPES, "--train-size", "2000", "--batch-size", "8", "--epochs", "5", "--name", "dies"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "train.py"),
+        *SHAPES,
+        "--train-size",
+        "2000",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "5",
+        "--name",
+        "dies",
+    ]
     env = {**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in launcher.stdout:
         if "step 2/" in line:
             break

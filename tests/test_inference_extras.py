@@ -8,6 +8,7 @@ is a randomly initialised torchvision AlexNet written where torch.hub looks for 
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 
@@ -15,17 +16,21 @@ import pytest
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
+from conftest import png_size
 from PIL import Image
 
 import inference
 from alexnet import AlexNet
-from inference import (IMAGENET_PREPROCESS, CheckpointError, DownloadError, eval_transform, imagenet_cache_path, imagenet_state_dict,
-                       load_checkpoint, load_image, load_imagenet_weights, predict, ten_crop_transform)
-from conftest import png_size
+from checkpoints import load_checkpoint
+from engine import predict
+from errors import CheckpointError, DownloadError
+from image_files import load_image
+from presets import IMAGENET_PRESET, EvalPreset, eval_transform, ten_crop_transform
+from pretrained import imagenet_cache_path, imagenet_state_dict, load_imagenet_weights
 
 CLASSES = ["a", "b", "c"]
 # resize_size - image_size is even, so that the centre crop sits exactly in the middle.
-PREPROCESS = {"image_size": 67, "resize_size": 77, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "in_channels": 3}
+PREPROCESS = EvalPreset(image_size=67, resize_size=77, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3], in_channels=3)
 WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"  # the file name in torchvision's IMAGENET1K_V1 URL
 
 
@@ -35,7 +40,15 @@ def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     torch.manual_seed(0)
     model = AlexNet(num_classes=len(CLASSES))
     path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
-    torch.save({"model": model.state_dict(), "model_config": model.config, "classes": CLASSES, "preprocess": PREPROCESS}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "model_config": model.config,
+            "classes": CLASSES,
+            "preprocess": asdict(PREPROCESS),
+        },
+        path,
+    )
     yield path
     shutil.rmtree(path.parent)
 
@@ -56,15 +69,15 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
-def hand_cut_crops(image: torch.Tensor, preprocess: dict) -> torch.Tensor:
+def hand_cut_crops(image: torch.Tensor, preprocess: EvalPreset) -> torch.Tensor:
     """The paper's ten crops of one (C, H, W) uint8 image, cut one by one with TF.crop and TF.hflip."""
     side = min(image.shape[-2:])
-    square = TF.resize(TF.center_crop(image, [side, side]), [preprocess["resize_size"]] * 2, antialias=True)
-    size, margin = preprocess["image_size"], preprocess["resize_size"] - preprocess["image_size"]
+    square = TF.resize(TF.center_crop(image, [side, side]), [preprocess.resize_size] * 2, antialias=True)
+    size, margin = preprocess.image_size, preprocess.resize_size - preprocess.image_size
     corners = [(0, 0), (0, margin), (margin, 0), (margin, margin), (margin // 2, margin // 2)]  # (top, left)
     patches = [TF.crop(square, top, left, size, size) for top, left in corners]
     crops = torch.stack(patches + [TF.hflip(patch) for patch in patches])
-    return TF.normalize(TF.to_dtype(crops, torch.float32, scale=True), preprocess["mean"], preprocess["std"])
+    return TF.normalize(TF.to_dtype(crops, torch.float32, scale=True), preprocess.mean, preprocess.std)
 
 
 # Ten-crop testing -----------------------------------------------------------------------------
@@ -75,13 +88,13 @@ def test_ten_crop_transform_is_the_papers_ten_crops() -> None:
     crops = ten_crop_transform(image, PREPROCESS)
     assert crops.shape == (10, 3, 67, 67) and crops.dtype == torch.float32
     torch.testing.assert_close(crops, hand_cut_crops(image, PREPROCESS), rtol=0, atol=0)
-    torch.testing.assert_close(crops[4], inference.eval_transform(image, PREPROCESS), rtol=0, atol=0)  # the centre crop
+    torch.testing.assert_close(crops[4], eval_transform(image, PREPROCESS), rtol=0, atol=0)  # the centre crop
 
 
 def test_ten_crop_transform_on_a_batch() -> None:
     """train.py's validation calls it on (B, C, H, W) batches: each image's crops as if alone."""
     batch = torch.randint(0, 256, (2, 1, 50, 80), dtype=torch.uint8)
-    preprocess = {**PREPROCESS, "mean": [0.5], "std": [0.25], "in_channels": 1}
+    preprocess = replace(PREPROCESS, mean=[0.5], std=[0.25], in_channels=1)
     crops = ten_crop_transform(batch, preprocess)
     assert crops.shape == (2, 10, 1, 67, 67)
     for image, image_crops in zip(batch, crops):
@@ -103,7 +116,11 @@ def test_predict_with_ten_crops_averages_their_softmax(loaded: tuple[AlexNet, di
 def test_predict_tta_none_is_the_centre_crop(loaded: tuple[AlexNet, dict]) -> None:
     model, meta = loaded
     image = torch.randint(0, 256, (3, 80, 90), dtype=torch.uint8)
-    assert predict(model, meta, [image], tta="none") == predict(model, meta, [image]) == predict(model, meta, [image], tta=None)
+    assert (
+        predict(model, meta, [image], tta="none")
+        == predict(model, meta, [image])
+        == predict(model, meta, [image], tta=None)
+    )
     preprocessed = ten_crop_transform(image, PREPROCESS)  # float inputs are taken as the crops themselves
     assert predict(model, meta, [preprocessed], tta="10crop") == predict(model, meta, [image], tta="10crop")
     with pytest.raises(ValueError, match="tta must be"):
@@ -124,9 +141,13 @@ def write_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def test_cli_tta_10crop(tmp_path: Path, checkpoint_file: Path, loaded: tuple[AlexNet, dict], capsys: pytest.CaptureFixture) -> None:
+def test_cli_tta_10crop(
+    tmp_path: Path, checkpoint_file: Path, loaded: tuple[AlexNet, dict], capsys: pytest.CaptureFixture
+) -> None:
     (path,) = write_images(tmp_path, 1)
-    status, out, _ = run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--tta", "10crop", "--json", "--topk", "3")
+    status, out, _ = run_cli(
+        capsys, str(path), "--checkpoint", str(checkpoint_file), "--tta", "10crop", "--json", "--topk", "3"
+    )
     assert status == 0
     printed = json.loads(out)["predictions"]
     expected = predict(*loaded, [path], topk=3, tta="10crop")[0]
@@ -137,41 +158,68 @@ def test_cli_tta_10crop(tmp_path: Path, checkpoint_file: Path, loaded: tuple[Ale
 def test_cli_plot_one_image(tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
     (path,) = write_images(tmp_path, 1)
     out = tmp_path / "top.png"
-    status, stdout, _ = run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--topk", "2", "--plot", str(out))
+    status, stdout, _ = run_cli(
+        capsys, str(path), "--checkpoint", str(checkpoint_file), "--topk", "2", "--plot", str(out)
+    )
     assert status == 0 and stdout.splitlines()[0] == f"{path}:"
     assert png_size(out) == (1000, 400)
     assert sorted(p.name for p in tmp_path.glob("top*")) == ["top.png"]
 
 
-def test_cli_plot_several_images_numbers_them(tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_plot_several_images_numbers_them(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture
+) -> None:
     """OUT-<index>.png per image file in the order given; a bad file keeps its number but gets no picture."""
     first, second = write_images(tmp_path, 2)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     out = tmp_path / "plots" / "top.png"
     out.parent.mkdir()
-    status, stdout, stderr = run_cli(capsys, str(first), str(bad), str(second), "--checkpoint", str(checkpoint_file),
-                                     "--tta", "10crop", "--plot", str(out))
+    status, stdout, stderr = run_cli(
+        capsys,
+        str(first),
+        str(bad),
+        str(second),
+        "--checkpoint",
+        str(checkpoint_file),
+        "--tta",
+        "10crop",
+        "--plot",
+        str(out),
+    )
     assert status == 1 and "not an image" in stderr  # the bad file is reported, the others still classified and drawn
     assert stdout.count(":\n") == 2
     assert sorted(p.name for p in out.parent.iterdir()) == ["top-0.png", "top-2.png"]
     assert png_size(out.parent / "top-2.png") == (1000, 400)
 
 
-def test_cli_plot_needs_a_png_name_in_an_existing_folder(tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_plot_needs_a_png_name_in_an_existing_folder(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture
+) -> None:
     (path,) = write_images(tmp_path, 1)
-    status, _, err = run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "top.jpg"))
+    status, _, err = run_cli(
+        capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "top.jpg")
+    )
     assert status == 2 and "ending in .png" in err
-    status, _, err = run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "no" / "top.png"))
+    status, _, err = run_cli(
+        capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "no" / "top.png")
+    )
     assert status == 2 and "no such directory" in err
 
 
-def test_cli_plot_onto_a_directory_is_one_line_and_keeps_the_predictions(tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_plot_onto_a_directory_is_one_line_and_keeps_the_predictions(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture
+) -> None:
     (path,) = write_images(tmp_path, 1)
     (tmp_path / "taken.png").mkdir()  # a directory where the picture should go
-    status, out, err = run_cli(capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "taken.png"))
+    status, out, err = run_cli(
+        capsys, str(path), "--checkpoint", str(checkpoint_file), "--plot", str(tmp_path / "taken.png")
+    )
     assert status == 1 and out.startswith(f"{path}:")  # classified and printed all the same
-    assert err.strip().startswith(f"error: --plot {tmp_path / 'taken.png'}: cannot write") and len(err.strip().splitlines()) == 1
+    assert (
+        err.strip().startswith(f"error: --plot {tmp_path / 'taken.png'}: cannot write")
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 # torchvision's ImageNet weights, offline ------------------------------------------------------
@@ -211,6 +259,7 @@ def test_imagenet_weights_offline_without_the_file(
     cache = tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE
     url = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
     if failure == "http":
+
         def forbidden(url, *args, **kwargs):
             raise HTTPError(url, 403, "Forbidden", None, None)
 
@@ -242,7 +291,7 @@ def test_imagenet_weights_from_the_cache(
     assert no_network == []  # read from the cache, never downloaded
     assert not model.training and model.config["layout"] == "torchvision"
     assert len(meta["classes"]) == 1000 and meta["classes"][:2] == ["tench", "goldfish"]
-    assert meta["preprocess"] == IMAGENET_PREPROCESS
+    assert meta["preprocess"] == IMAGENET_PRESET
     reference = torchvision.models.alexnet(weights=None)
     reference.load_state_dict(state_dict)
     x = torch.randn(2, 3, 224, 224)
@@ -251,8 +300,11 @@ def test_imagenet_weights_from_the_cache(
 
 
 def test_cli_weights_imagenet(
-    random_imagenet_weights: tuple[Path, dict], no_network: list[str], monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path, capsys: pytest.CaptureFixture,
+    random_imagenet_weights: tuple[Path, dict],
+    no_network: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     home, state_dict = random_imagenet_weights
     monkeypatch.setenv("TORCH_HOME", str(home))
@@ -267,18 +319,24 @@ def test_cli_weights_imagenet(
     reference = torchvision.models.alexnet(weights=None)
     reference.load_state_dict(state_dict)
     with torch.no_grad():
-        probabilities = reference.eval()(eval_transform(load_image(image, 3), IMAGENET_PREPROCESS)[None]).softmax(1)[0]
-    status, out, err = run_cli(capsys, str(image), "--weights", "imagenet", "--topk", "3", "--labels", str(labels), "--json")
+        probabilities = reference.eval()(eval_transform(load_image(image, 3), IMAGENET_PRESET)[None]).softmax(1)[0]
+    status, out, err = run_cli(
+        capsys, str(image), "--weights", "imagenet", "--topk", "3", "--labels", str(labels), "--json"
+    )
     predictions = json.loads(out)["predictions"]
     assert [line.split("%", 1)[1].strip() for line in lines[1:]] == [prediction["class"] for prediction in predictions]
     fourth = probabilities.topk(4).values[-1].item()
     for prediction in predictions:
         index = int(prediction["class"].removeprefix("label "))
-        assert prediction["probability"] == pytest.approx(probabilities[index].item(), rel=1e-4)  # (random weights: all near 0.001)
+        assert prediction["probability"] == pytest.approx(
+            probabilities[index].item(), rel=1e-4
+        )  # (random weights: all near 0.001)
         assert prediction["probability"] >= fourth * (1 - 1e-4)  # one of the reference's top 3
 
 
-def test_cli_weights_and_checkpoint_together_is_a_usage_error(checkpoint_file: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_weights_and_checkpoint_together_is_a_usage_error(
+    checkpoint_file: Path, capsys: pytest.CaptureFixture
+) -> None:
     status, _, err = run_cli(capsys, "x.png", "--weights", "imagenet", "--checkpoint", str(checkpoint_file))
     assert status == 2 and "not allowed with argument" in err
 

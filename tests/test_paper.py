@@ -7,21 +7,44 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torchvision
+from conftest import ROOT, SCRIPT_ENV, run
 from PIL import Image
 
 import train
-from conftest import ROOT, SCRIPT_ENV, run
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--amp", "off"]
 
 
 def test_paper_recipe_sets_the_papers_values_and_explicit_flags_win() -> None:
     args = train.get_args(["--recipe", "paper"])
-    chosen = {key: getattr(args, key) for key in ("model", "batch_size", "lr", "momentum", "weight_decay", "schedule", "epochs", "augment", "lighting")}
-    assert chosen == {"model": "paper", "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "plateau",
-                      "epochs": 90, "augment": "crop", "lighting": 0.1}
+    chosen = {
+        key: getattr(args, key)
+        for key in (
+            "model",
+            "batch_size",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "schedule",
+            "epochs",
+            "augment",
+            "lighting",
+        )
+    }
+    assert chosen == {
+        "model": "paper",
+        "batch_size": 128,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "plateau",
+        "epochs": 90,
+        "augment": "crop",
+        "lighting": 0.1,
+    }
     assert train.get_args(["--recipe", "paper", "--epochs", "3"]).epochs == 3
     assert train.get_args([]).model == "default"
 
@@ -38,6 +61,7 @@ def write_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
     # torchvision's AlexNet (random weights) where torch.hub keeps the IMAGENET1K_V1 file.
     torch.manual_seed(0)
@@ -47,7 +71,17 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
     torch.save(weights, cache / "alexnet-owt-7be5be79.pth")
     write_folder(tmp_path / "folder")
     env = {**SCRIPT_ENV, "TORCH_HOME": str(tmp_path / "torch")}
-    command = [sys.executable, str(ROOT / "train.py"), "--data", "folder", "--pretrained", "imagenet", *TINY, "--name", "ft"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--data",
+        "folder",
+        "--pretrained",
+        "imagenet",
+        *TINY,
+        "--name",
+        "ft",
+    ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     checkpoint = torch.load(tmp_path / "runs" / "ft" / "best.pt", weights_only=True)
@@ -61,16 +95,34 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
     env["TORCH_HOME"] = str(tmp_path / "empty")
     env["https_proxy"] = env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # no network even where there is one
     result = subprocess.run([*command[:-1], "ft2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and "--pretrained imagenet" in result.stderr and "alexnet-owt-7be5be79.pth" in result.stderr
+    assert (
+        result.returncode == 1
+        and "--pretrained imagenet" in result.stderr
+        and "alexnet-owt-7be5be79.pth" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_with_ten_crops(tmp_path: Path) -> None:
     write_folder(tmp_path / "folder")
     run("train.py", "--data", "folder", "--image-size", "67", *TINY, "--name", "a", cwd=tmp_path)
     reports = {}
     for tta in ("none", "10crop"):
-        result = run("train.py", "--data", "folder", "--evaluate", "runs/a/best.pt", "--tta", tta, "--workers", "0", "--amp", "off", cwd=tmp_path)
+        result = run(
+            "train.py",
+            "--data",
+            "folder",
+            "--evaluate",
+            "runs/a/best.pt",
+            "--tta",
+            tta,
+            "--workers",
+            "0",
+            "--amp",
+            "off",
+            cwd=tmp_path,
+        )
         reports[tta] = json.loads(result.stdout.strip().splitlines()[-1])
     assert reports["10crop"]["tta"] == "10crop" and 0 <= reports["10crop"]["val_top1"] <= 1
     row = json.loads((tmp_path / "runs" / "a" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -78,10 +130,23 @@ def test_evaluate_with_ten_crops(tmp_path: Path) -> None:
     assert reports["10crop"]["val_loss"] != reports["none"]["val_loss"]
 
 
+@pytest.mark.slow
 def test_evaluate_takes_the_checkpoints_channels(tmp_path: Path) -> None:
     # A grayscale model evaluated on an RGB folder, without repeating --in-channels.
     write_folder(tmp_path / "folder")
-    run("train.py", "--data", "folder", "--image-size", "67", "--in-channels", "1", *TINY, "--name", "gray", cwd=tmp_path)
+    run(
+        "train.py",
+        "--data",
+        "folder",
+        "--image-size",
+        "67",
+        "--in-channels",
+        "1",
+        *TINY,
+        "--name",
+        "gray",
+        cwd=tmp_path,
+    )
     result = run("train.py", "--data", "folder", "--evaluate", "runs/gray/best.pt", "--workers", "0", cwd=tmp_path)
     row = json.loads((tmp_path / "runs" / "gray" / "metrics.jsonl").read_text().splitlines()[-1])
     assert json.loads(result.stdout.strip().splitlines()[-1])["val_top1"] == row["val_top1"]

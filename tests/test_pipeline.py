@@ -13,13 +13,25 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
+from conftest import ROOT, SCRIPT_ENV
 from PIL import Image
 
 import data_pipeline
+import folders
 from alexnet import AlexNet
-from conftest import ROOT, SCRIPT_ENV
-from data_pipeline import augmentation_spec, crop_boxes, crops_by_grid, crops_on_cpu, decode_for_store, load_data, normalize, train_transform_batch
-from inference import eval_transform
+from data_pipeline import DataConfig, load_data, make_presets
+from folders import decode_for_store
+from presets import (
+    IMAGENET_EIGVAL,
+    IMAGENET_EIGVEC,
+    crop_boxes,
+    crops_by_grid,
+    crops_on_cpu,
+    eval_transform,
+    normalize,
+    pca_lighting_stats,
+    train_transform,
+)
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
@@ -28,7 +40,9 @@ def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def write_folder(root: Path, per_class: int = 6, size: tuple[int, int] = (40, 30), classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+def write_folder(
+    root: Path, per_class: int = 6, size: tuple[int, int] = (40, 30), classes: tuple[str, ...] = ("cat", "dog")
+) -> Path:
     """An ImageNet-layout folder of small RGB PNGs and JPEGs with class-dependent colours."""
     generator = torch.Generator().manual_seed(1)
     for split in ("train", "val"):
@@ -42,11 +56,19 @@ def write_folder(root: Path, per_class: int = 6, size: tuple[int, int] = (40, 30
     return root
 
 
-def folder_data(root: Path, tmp_path: Path, **overrides):
-    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), download=False, image_size=67, channels=None,
-                   train_size=0, val_size=0, augment="auto", loader="memory", workers=0, batch_size=4, seed=0,
-                   device=torch.device("cpu"))
-    return load_data("folder", **{**options, **overrides})
+def folder_data(root: Path, tmp_path: Path, **overrides) -> tuple:
+    """load_data on an image folder -> (train, val, classes, preprocess, augment)."""
+    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), image_size=67, loader="memory", workers=0)
+    data = load_data(DataConfig(batch_size=4, **{**options, **overrides}), torch.device("cpu"))
+    return data.train, data.val, data.classes, data.preprocess, data.augment
+
+
+def preset(augment: str, dataset: str, store_size: int, image_size: int, mean: list, std: list, lighting: float = 0.0):
+    """The training preset load_data makes for `dataset` ("folder": an image folder) stored at `store_size`."""
+    where = {"data_dir": "folder"} if dataset == "folder" else {"dataset": dataset}
+    config = DataConfig(augment=augment, lighting=lighting, normalization=(mean, std), **where)
+    images = torch.zeros(1, 3, store_size, store_size, dtype=torch.uint8)
+    return make_presets(config, image_size, images)[1]
 
 
 # --- Same pixels as the reference transforms ---------------------------------------------------
@@ -101,7 +123,9 @@ def test_gpu_grid_path_equals_the_cpu_path() -> None:
     images = random_images(4, 32)
     boxes = torch.tensor([[-4, -4, 32, 32], [4, 0, 32, 32], [2, 3, 32, 32], [0, 0, 32, 32]])
     flips = torch.tensor([True, False, True, False])
-    assert torch.equal(crops_by_grid(images, boxes, flips, 32, "zeros"), crops_on_cpu(images, boxes, flips, 32, 4).float())
+    assert torch.equal(
+        crops_by_grid(images, boxes, flips, 32, "zeros"), crops_on_cpu(images, boxes, flips, 32, 4).float()
+    )
     boxes = torch.tensor([[2, 3, 16, 16], [0, 0, 32, 32], [10, 4, 20, 20], [5, 5, 8, 8]])
     grid = crops_by_grid(images, boxes, flips, 64, "border")
     cpu = crops_on_cpu(images, boxes, flips, 64, 0).float()
@@ -121,15 +145,17 @@ def test_in_memory_validation_equals_torchvision_eval_transforms(tmp_path: Path)
     # round differently when cropping 77 then 67 than when cropping 67 at once).
     root = write_folder(tmp_path / "folder", size=(127, 100))
     _, val, classes, preprocess, _ = folder_data(root, tmp_path, image_size=67)
-    assert preprocess["resize_size"] == 77
-    reference_tf = T.Compose([T.Resize(77), T.CenterCrop(67), T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])])
+    assert preprocess.resize_size == 77
+    reference_tf = T.Compose(
+        [T.Resize(77), T.CenterCrop(67), T.ToTensor(), T.Normalize(preprocess.mean, preprocess.std)]
+    )
     files = sorted((root / "val" / "cat").iterdir()) + sorted((root / "val" / "dog").iterdir())
     images, labels = next(val.batches())
     ours = eval_transform(images, preprocess)
     for i in range(len(labels)):
         with Image.open(files[i]) as image:
             reference = reference_tf(image.convert("RGB"))
-        difference = (ours[i] - reference).abs() * torch.tensor(preprocess["std"]).view(3, 1, 1) * 255
+        difference = (ours[i] - reference).abs() * torch.tensor(preprocess.std).view(3, 1, 1) * 255
         assert difference.max() <= 1.01, files[i]  # a uint8 rounding step at most
 
 
@@ -139,17 +165,17 @@ def test_in_memory_validation_equals_torchvision_eval_transforms(tmp_path: Path)
 @pytest.mark.parametrize("augment", ["crop", "resized-crop"])
 def test_augmentation_is_random_across_steps_and_reproducible(augment: str) -> None:
     images = random_images(16, 32)
-    spec = augmentation_spec(augment, "cifar10", 32, 67, MEAN, STD)
+    spec = preset(augment, "cifar10", 32, 67, MEAN, STD)
     generator = torch.Generator().manual_seed(5)
-    first, second = train_transform_batch(images, spec, generator), train_transform_batch(images, spec, generator)
+    first, second = train_transform(images, spec, generator), train_transform(images, spec, generator)
     assert first.shape == (16, 3, 67, 67)
     assert not torch.equal(first, second)
-    again = train_transform_batch(images, spec, torch.Generator().manual_seed(5))
+    again = train_transform(images, spec, torch.Generator().manual_seed(5))
     assert torch.equal(first, again)
 
 
 def test_resized_crop_boxes_follow_torchvision_ranges() -> None:
-    spec = augmentation_spec("resized-crop", "folder", 256, 224, MEAN, STD)
+    spec = preset("resized-crop", "folder", 256, 224, MEAN, STD)
     boxes = crop_boxes(20000, 256, 256, spec, torch.Generator().manual_seed(0)).float()
     left, top, w, h = boxes.unbind(1)
     assert (left >= 0).all() and (top >= 0).all() and (left + w <= 256).all() and (top + h <= 256).all()
@@ -160,14 +186,16 @@ def test_resized_crop_boxes_follow_torchvision_ranges() -> None:
 
 
 def test_pad_and_crop_offsets_cover_the_padding() -> None:
-    spec = augmentation_spec("crop", "cifar10", 32, 67, MEAN, STD)
-    assert spec["crop_padding"] == 4 and spec["crop_size"] == 32
+    spec = preset("crop", "cifar10", 32, 67, MEAN, STD)
+    assert spec.crop_padding == 4 and spec.crop_size == 32
     boxes = crop_boxes(5000, 32, 32, spec, torch.Generator().manual_seed(0))
     assert set(boxes[:, 0].tolist()) == set(range(-4, 5)) and set(boxes[:, 1].tolist()) == set(range(-4, 5))
 
 
 def test_shuffling_is_a_permutation_fixed_by_the_seed() -> None:
-    data = data_pipeline.InMemory(torch.arange(10).view(10, 1, 1, 1).byte(), torch.arange(10), 4, True, torch.device("cpu"))
+    data = data_pipeline.InMemory(
+        torch.arange(10).view(10, 1, 1, 1).byte(), torch.arange(10), 4, True, torch.device("cpu")
+    )
     order = [labels.tolist() for _, labels in data.batches(seed=3)]
     assert len(order) == 2 and all(len(batch) == 4 for batch in order)  # the partial batch is dropped
     assert len(set(order[0] + order[1])) == 8
@@ -185,8 +213,8 @@ def test_cache_is_reused_and_invalidated_when_files_change(tmp_path: Path, monke
     assert len(list(cache.glob("folder-train-*.pt"))) == 1 and len(train) == 12
 
     calls = []
-    real_decode = data_pipeline.decode_folder
-    monkeypatch.setattr(data_pipeline, "decode_folder", lambda *args: calls.append(args) or real_decode(*args))
+    real_decode = folders.decode_folder
+    monkeypatch.setattr(folders, "decode_folder", lambda *args: calls.append(args) or real_decode(*args))
     again, *_ = folder_data(root, tmp_path)
     assert calls == [] and torch.equal(again.images, train.images)  # read from the cache
 
@@ -223,19 +251,22 @@ def test_streaming_gives_the_same_pixels_as_memory(tmp_path: Path) -> None:
 def test_small_square_images_are_stored_at_their_own_size(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "folder", size=(32, 32))
     train, _, _, preprocess, spec = folder_data(root, tmp_path, image_size=67)
-    assert train.images.shape[-1] == 32 and preprocess["resize_size"] == 67
-    assert spec["augment"] == "crop" and spec["crop_padding"] == 4
+    assert train.images.shape[-1] == 32 and preprocess.resize_size == 67
+    assert spec.kind == "crop" and spec.crop_padding == 4
 
 
 # --- Precision and layout ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_and_channels_last_follow_the_fp32_loss_trajectory() -> None:
     def losses(amp: bool, memory_format: torch.memory_format) -> list[float]:
         torch.manual_seed(0)
         model = AlexNet(num_classes=5, dropout=0.0).to(memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0005, momentum=0.9)
-        x = torch.randn(16, 3, 67, 67, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=memory_format)
+        x = torch.randn(16, 3, 67, 67, generator=torch.Generator().manual_seed(1)).contiguous(
+            memory_format=memory_format
+        )
         y = torch.arange(16) % 5
         trajectory = []
         for _ in range(8):
@@ -249,19 +280,43 @@ def test_bf16_and_channels_last_follow_the_fp32_loss_trajectory() -> None:
 
     reference = losses(False, torch.contiguous_format)
     assert reference[-1] < reference[0] - 0.3  # it does learn
-    for amp, memory_format in [(False, torch.channels_last), (True, torch.contiguous_format), (True, torch.channels_last)]:
+    for amp, memory_format in [
+        (False, torch.channels_last),
+        (True, torch.contiguous_format),
+        (True, torch.channels_last),
+    ]:
         trajectory = losses(amp, memory_format)
         tolerance = 0.05 if amp else 1e-3
-        assert all(math.isclose(a, b, rel_tol=tolerance) for a, b in zip(trajectory, reference)), (amp, trajectory, reference)
+        assert all(math.isclose(a, b, rel_tol=tolerance) for a, b in zip(trajectory, reference)), (
+            amp,
+            trajectory,
+            reference,
+        )
 
 
 # --- bench.py -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_json_on_a_tiny_folder(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "folder", per_class=8)
-    command = [sys.executable, str(ROOT / "bench.py"), "--data", str(root), "--image-size", "67", "--batch-size", "4",
-               "--warmup", "1", "--steps", "2", "--workers", "0", "--json"]
+    command = [
+        sys.executable,
+        str(ROOT / "bench.py"),
+        "--data",
+        str(root),
+        "--image-size",
+        "67",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--workers",
+        "0",
+        "--json",
+    ]
     env = SCRIPT_ENV
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -278,18 +333,20 @@ def test_bench_json_on_a_tiny_folder(tmp_path: Path) -> None:
 def test_pca_lighting_shifts_along_the_eigenvectors_with_the_papers_variance() -> None:
     """alpha ~ N(0, 0.1) per image: the RGB shift has mean zero and covariance
     P diag((0.1 l)^2) P^T, with column j of P paired with eigenvalue l_j."""
-    spec = augmentation_spec("none", "folder", 2, 2, [0.0] * 3, [1 / 255] * 3, lighting=0.1)  # output in 0-255 units
+    spec = preset("none", "folder", 2, 2, [0.0] * 3, [1 / 255] * 3, lighting=0.1)  # output in 0-255 units
     images = torch.zeros(20000, 3, 2, 2, dtype=torch.uint8)  # black
-    shift = train_transform_batch(images, spec, torch.Generator().manual_seed(0))[:, :, 0, 0] / 255  # (N, 3), pixels in [0, 1]
-    eigval, eigvec = torch.tensor(data_pipeline.IMAGENET_EIGVAL), torch.tensor(data_pipeline.IMAGENET_EIGVEC)
+    shift = (
+        train_transform(images, spec, torch.Generator().manual_seed(0))[:, :, 0, 0] / 255
+    )  # (N, 3), pixels in [0, 1]
+    eigval, eigvec = torch.tensor(IMAGENET_EIGVAL), torch.tensor(IMAGENET_EIGVEC)
     assert shift.mean(0).abs().max() < 3 * 0.1 * eigval[0] / 20000**0.5 + 1e-4
     expected = eigvec @ torch.diag((0.1 * eigval) ** 2) @ eigvec.T
     torch.testing.assert_close(torch.cov(shift.T), expected, atol=2e-5, rtol=0.05)
     # In the eigenvector basis the components are uncorrelated, with std 0.1 x eigenvalue.
     components = shift @ eigvec  # (N, 3)
     torch.testing.assert_close(components.std(0), 0.1 * eigval, rtol=0.05, atol=1e-5)
-    again = train_transform_batch(images[:10], spec, torch.Generator().manual_seed(0))
-    assert torch.equal(again, train_transform_batch(images[:10], spec, torch.Generator().manual_seed(0)))
+    again = train_transform(images[:10], spec, torch.Generator().manual_seed(0))
+    assert torch.equal(again, train_transform(images[:10], spec, torch.Generator().manual_seed(0)))
 
 
 def test_pca_of_the_training_images_finds_their_colour_axis() -> None:
@@ -297,7 +354,7 @@ def test_pca_of_the_training_images_finds_their_colour_axis() -> None:
     direction = torch.tensor([0.6, 0.64, 0.48])  # unit length
     level = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     images = (255 * (0.2 + 0.5 * level * direction.view(1, 3, 1, 1))).round().byte()
-    eigval, eigvec = data_pipeline.pca_lighting_stats(images)
+    eigval, eigvec = pca_lighting_stats(images)
     assert eigval[0] > 100 * eigval[1] >= 0 and eigval == sorted(eigval, reverse=True)
     first = torch.tensor(eigvec)[:, 0]
     assert abs(abs(first @ direction) - 1) < 1e-3
@@ -308,12 +365,16 @@ def test_pca_in_chunks_equals_the_covariance_of_all_pixels_at_once() -> None:
     images[:120, 0] //= 2  # unequal chunks of data: the mean differs between them
     pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double() / 255
     expected_val, expected_vec = torch.linalg.eigh(torch.cov(pixels))
-    eigval, eigvec = data_pipeline.pca_lighting_stats(images)
+    eigval, eigvec = pca_lighting_stats(images)
     torch.testing.assert_close(torch.tensor(eigval, dtype=torch.float64), expected_val.flip(0))
     # Eigenvectors are defined up to sign.
-    torch.testing.assert_close((torch.tensor(eigvec, dtype=torch.float64) * expected_vec.flip(1)).sum(0).abs(), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(
+        (torch.tensor(eigvec, dtype=torch.float64) * expected_vec.flip(1)).sum(0).abs(),
+        torch.ones(3, dtype=torch.float64),
+    )
 
 
+@pytest.mark.slow
 def test_bench_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "folder")
     for path in sorted((root / "val").rglob("*"), reverse=True):
@@ -322,12 +383,13 @@ def test_bench_reports_a_bad_folder_in_one_line(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench.py"), "--data", str(root), "--image-size", "67", "--workers", "0"]
     result = subprocess.run(command, cwd=tmp_path, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: the ours run failed: --data {root}: no val/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*"]
+    expected = f"--data {root}: no val/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*"
+    assert result.stderr.strip().splitlines() == [f"error: the ours run failed: {expected}"]
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_evaluate_counts_exactly_and_keeps_the_models_mode(training: bool) -> None:
-    from train import evaluate
+    from engine import evaluate
 
     torch.manual_seed(0)
     model = AlexNet(3, dropout=0.5).train(training)
@@ -342,14 +404,16 @@ def test_evaluate_counts_exactly_and_keeps_the_models_mode(training: bool) -> No
 
 
 def test_evaluate_averages_the_probabilities_of_ten_crops() -> None:
-    from train import evaluate
+    from engine import evaluate
 
     torch.manual_seed(0)
     model = AlexNet(3).eval()
     crops, labels = torch.randn(4, 10, 3, 67, 67), torch.tensor([0, 1, 2, 1])
     result = evaluate(model, [(crops, labels)], None, 3, 1)
     with torch.no_grad():
-        probabilities = model(crops.flatten(0, 1)).softmax(1).view(4, 10, 3).mean(1)  # the mean of the softmax, not of the logits
+        probabilities = (
+            model(crops.flatten(0, 1)).softmax(1).view(4, 10, 3).mean(1)
+        )  # the mean of the softmax, not of the logits
     assert result["loss"] == pytest.approx(-probabilities[torch.arange(4), labels].log().mean().item(), rel=1e-5)
     assert result["top1"] == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
     expected = torch.bincount(labels * 3 + probabilities.argmax(1), minlength=9).view(3, 3)

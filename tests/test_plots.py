@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, png_size
 from PIL import Image
 
 import plots
 from alexnet import AlexNet
-from conftest import ROOT, png_size
 
 
 def random_images(count: int, channels: int = 3, size: int = 24) -> torch.Tensor:
     return torch.randint(0, 256, (count, channels, size, size), dtype=torch.uint8)
 
 
+@pytest.mark.slow
 def test_importing_plots_does_not_import_matplotlib() -> None:
     """train.py and inference.py import plots at no cost; matplotlib loads when a picture is drawn."""
     import subprocess
@@ -29,8 +30,18 @@ def test_importing_plots_does_not_import_matplotlib() -> None:
 
 
 def test_plot_curves(tmp_path: Path) -> None:
-    rows = [{"epoch": e, "train_loss": 2.0 / e, "train_top1": 0.2 * e, "train_top5": 0.3 * e,
-             "val_loss": 2.1 / e, "val_top1": 0.18 * e, "val_top5": 0.28 * e} for e in (1, 2, 3)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_top1": 0.2 * e,
+            "train_top5": 0.3 * e,
+            "val_loss": 2.1 / e,
+            "val_top1": 0.18 * e,
+            "val_top5": 0.28 * e,
+        }
+        for e in (1, 2, 3)
+    ]
     path = tmp_path / "curves.png"
     plots.plot_curves(rows, path)
     assert png_size(path) == (1500, 450)
@@ -39,7 +50,17 @@ def test_plot_curves(tmp_path: Path) -> None:
 def test_plot_curves_without_train_top5(tmp_path: Path) -> None:
     """Runs from before train_top5 existed (and a run resumed across the change) still plot."""
     old = [{"epoch": 1, "train_loss": 2.0, "train_top1": 0.2, "val_loss": 2.1, "val_top1": 0.2, "val_top5": 0.5}]
-    new = [{"epoch": 2, "train_loss": 1.5, "train_top1": 0.4, "train_top5": 0.8, "val_loss": 1.6, "val_top1": 0.4, "val_top5": 0.7}]
+    new = [
+        {
+            "epoch": 2,
+            "train_loss": 1.5,
+            "train_top1": 0.4,
+            "train_top5": 0.8,
+            "val_loss": 1.6,
+            "val_top1": 0.4,
+            "val_top5": 0.7,
+        }
+    ]
     plots.plot_curves(old, tmp_path / "old.png")
     plots.plot_curves(old + new, tmp_path / "mixed.png")
     assert png_size(tmp_path / "old.png") == png_size(tmp_path / "mixed.png") == (1500, 450)
@@ -68,7 +89,9 @@ def test_filter_mosaic_layout() -> None:
     assert mosaic.min() == 0.0 and mosaic.max() == 1.0 and np.isfinite(mosaic).all()
     first = mosaic[1:12, 1:12]  # kernel 0, top-left
     assert first.min() == 0.0 and first.max() == 1.0
-    np.testing.assert_allclose(first, ((weight[0] - weight[0].min()) / (weight[0].max() - weight[0].min())).permute(1, 2, 0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        first, ((weight[0] - weight[0].min()) / (weight[0].max() - weight[0].min())).permute(1, 2, 0).numpy(), atol=1e-6
+    )
     assert (mosaic[1:12, 5 * 12 + 1 : 5 * 12 + 12] == 0.5).all()  # kernel 5
     towers = plots.filter_mosaic(weight, columns=12, groups=2, gap=4)
     assert towers.shape == (8 * 12 + 1 + 4, 12 * 12 + 1, 3)
@@ -90,8 +113,9 @@ def test_plot_predictions(tmp_path: Path, count: int, channels: int, size: tuple
     predictions = labels.clone()
     predictions[::2] = (predictions[::2] + 1) % 3  # some right, some wrong
     path = tmp_path / "predictions.png"
-    plots.plot_predictions(random_images(count, channels), labels, predictions.tolist(), classes, path,
-                           probabilities=torch.rand(count))
+    plots.plot_predictions(
+        random_images(count, channels), labels, predictions.tolist(), classes, path, probabilities=torch.rand(count)
+    )
     assert png_size(path) == size
     plots.plot_predictions(random_images(count, channels), labels, predictions, classes, path)  # without probabilities
     assert png_size(path) == size

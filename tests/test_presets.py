@@ -176,9 +176,7 @@ def test_default_layout_is_unchanged() -> None:
         "layout": "paper", "lrn": False, "groups": 1, "init": "he",
     }  # fmt: skip
     weights = [k for k in model.state_dict() if k.endswith(".weight")]
-    assert weights == [f"features.{i}.weight" for i in (0, 3, 6, 8, 10)] + [
-        f"classifier.{i}.weight" for i in (0, 3, 6)
-    ]
+    assert weights == [f"features.{i}.weight" for i in (0, 3, 6, 8, 10)] + [f"classifier.{i}.weight" for i in (0, 3, 6)]
 
 
 @pytest.mark.parametrize(

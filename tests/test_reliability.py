@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, SCRIPT_ENV, run
 from PIL import Image
 
-import data_pipeline
 import train
-from conftest import ROOT, SCRIPT_ENV, run
+from checkpoints import save_atomically
+from data_pipeline import DataConfig, load_data
+from errors import DataError
+from presets import train_transform
 
 # 64 images, batches of 16: 4 steps an epoch, every step logged.
 SHAPES = ["--train-size", "64", "--val-size", "16", "--batch-size", "16", "--log-interval", "1"]
@@ -48,16 +51,22 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(work)  # ~670 MB of checkpoints: free the disk once the module is done
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_is_bit_identical(straight_run: Path, tmp_path: Path) -> None:
     run("train.py", *SHAPES, "--epochs", "1", "--name", "split", cwd=tmp_path)
     run("train.py", "--resume", "runs/split", "--epochs", "3", cwd=tmp_path)  # the run's own settings, and 3 epochs
     assert_same_training(straight_run, tmp_path / "runs" / "split")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_a_checkpoint_that_resumes_exactly(straight_run: Path, tmp_path: Path, signum: int, code: int) -> None:
+def test_signal_saves_a_checkpoint_that_resumes_exactly(
+    straight_run: Path, tmp_path: Path, signum: int, code: int
+) -> None:
     command = [sys.executable, str(ROOT / "train.py"), *SHAPES, "--epochs", "3", "--name", "stopped"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for line in process.stdout:  # wait until training is under way: the second step of epoch 2
         if line.startswith("Epoch 2/3") and "lr" in line:
             break
@@ -67,7 +76,10 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(straight_run: Path, tmp_
             break
     output, errors = process.communicate(timeout=120)
     assert process.returncode == code, errors
-    assert f"{signal.Signals(signum).name}: stopped at epoch 2" in output and "Resume with: python train.py --resume runs/stopped" in output
+    assert (
+        f"{signal.Signals(signum).name}: stopped at epoch 2" in output
+        and "Resume with: python train.py --resume runs/stopped" in output
+    )
     checkpoint = torch.load(tmp_path / "runs" / "stopped" / "last.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["partial"]["batch"] >= 2  # mid-epoch 2
     if signum == signal.SIGTERM:  # (the same code path for both: resume one of them, to save time)
@@ -75,21 +87,23 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(straight_run: Path, tmp_
         assert_same_training(straight_run, tmp_path / "runs" / "stopped")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     run("train.py", *SHAPES, "--epochs", "1", "--name", "nan", cwd=tmp_path)
     run_dir = tmp_path / "runs" / "nan"
-    # Push the learning rate to 1e9 inside the checkpoint: the next steps blow up.
-    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
-    checkpoint["optimizer"]["param_groups"][0]["lr"] = 1e9
-    torch.save(checkpoint, run_dir / "last.pt")
     best, last = (run_dir / "best.pt").read_bytes(), (run_dir / "last.pt").read_bytes()
-    result = run("train.py", "--resume", str(run_dir), "--epochs", "2", cwd=tmp_path, check=False)
+    # Resume at a learning rate of 1e9 (flags given again win): the next steps blow up.
+    result = run("train.py", "--resume", str(run_dir), "--epochs", "2", "--lr", "1e9", cwd=tmp_path, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "the training loss became nan at epoch 2, step" in result.stderr or "the training loss became inf at epoch 2" in result.stderr
+    assert (
+        "the training loss became nan at epoch 2, step" in result.stderr
+        or "the training loss became inf at epoch 2" in result.stderr
+    )
     assert f"the last good checkpoint is {Path('runs/nan/last.pt')}" in result.stderr.replace(str(tmp_path) + "/", "")
     assert (run_dir / "best.pt").read_bytes() == best and (run_dir / "last.pt").read_bytes() == last
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_says_what_differs(tmp_path: Path) -> None:
     run("train.py", *SHAPES, "--epochs", "1", "--max-steps", "1", "--name", "a", cwd=tmp_path)
     result = run("train.py", "--resume", "runs/a", "--epochs", "2", "--model", "paper", cwd=tmp_path, check=False)
@@ -100,6 +114,7 @@ def test_resume_with_another_model_says_what_differs(tmp_path: Path) -> None:
     assert result.returncode == 1 and "in_channels 3 there, 1 here" in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(tmp_path: Path) -> None:
     # A one-cycle schedule counts steps, so another batch size would end it early or late.
     run("train.py", *SHAPES, "--epochs", "1", "--schedule", "onecycle", "--name", "a", cwd=tmp_path)
@@ -110,7 +125,9 @@ def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(tmp
     assert (tmp_path / "runs" / "a" / "last.pt").read_bytes() == last
     # The step schedule has no such count: it goes on, with a note.
     run("train.py", *SHAPES, "--epochs", "1", "--name", "b", cwd=tmp_path)
-    result = run("train.py", "--resume", "runs/b", "--epochs", "2", "--batch-size", "8", "--max-steps", "1", cwd=tmp_path)
+    result = run(
+        "train.py", "--resume", "runs/b", "--epochs", "2", "--batch-size", "8", "--max-steps", "1", cwd=tmp_path
+    )
     assert "the global batch is now 8" in result.stdout
 
 
@@ -124,6 +141,7 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     bad = tmp_path / "runs" / "evil"
@@ -136,6 +154,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path: Path) -> None:
     # The model train.py builds by default, but a first layer for 1-channel images in the weights.
     from alexnet import AlexNet
@@ -146,11 +165,23 @@ def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path
     preprocess = {"image_size": 67, "resize_size": 67, "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
     path = tmp_path / "runs" / "odd" / "last.pt"
     path.parent.mkdir(parents=True)
-    torch.save({"model": weights, "model_config": model.config, "classes": [str(i) for i in range(10)], "preprocess": preprocess,
-                "args": {}, "optimizer": {}, "epoch": 1}, path)
+    torch.save(
+        {
+            "model": weights,
+            "model_config": model.config,
+            "classes": [str(i) for i in range(10)],
+            "preprocess": preprocess,
+            "args": {},
+            "optimizer": {},
+            "epoch": 1,
+        },
+        path,
+    )
     for flag in ("--resume", "--evaluate"):
         result = run("train.py", flag, str(path), cwd=tmp_path, check=False)
-        assert result.returncode == 1 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert (
+            result.returncode == 1 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        ), result.stderr
         assert result.stderr.startswith(f"error: {flag} {path}: weights do not match")
         assert "features.0.weight has shape (96, 1, 11, 11) in the file but (96, 3, 11, 11)" in result.stderr
 
@@ -163,7 +194,11 @@ def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--image-size", "66"], "--image-size must be at least 67"),
         (["--model", "torchvision", "--image-size", "62"], "--image-size must be at least 63"),
-        pytest.param(["--device", "cuda:0"], "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")),
+        pytest.param(
+            ["--device", "cuda:0"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there"),
+        ),
         (["--dataset", "svhn"], "invalid choice: 'svhn'"),
         (["--weight-decay", "-1"], "--weight-decay cannot be negative"),
         (["--tta", "10crop"], "--tta applies to --evaluate"),
@@ -187,10 +222,11 @@ def write_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: i
     return root
 
 
-def load(root: Path, tmp_path: Path, **overrides) -> tuple:
-    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), download=False, image_size=67, channels=None, train_size=0,
-                   val_size=0, augment="auto", loader="memory", workers=0, batch_size=2, seed=0, device=torch.device("cpu"))
-    return data_pipeline.load_data("folder", **{**options, **overrides})
+def load(root: Path, tmp_path: Path, rank: int = 0, world_size: int = 1, **overrides) -> tuple:
+    """load_data on an image folder -> (train, val, classes, preprocess, augment)."""
+    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), image_size=67, loader="memory", workers=0)
+    data = load_data(DataConfig(batch_size=2, **{**options, **overrides}), torch.device("cpu"), rank, world_size)
+    return data.train, data.val, data.classes, data.preprocess, data.augment
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -203,8 +239,9 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path: Path, capsys: pytest
     assert len(train) == 6 and len(val) == 6 and classes == ["a", "b"]
     warning = capsys.readouterr().err
     assert "skipped 3 unreadable image file(s)" in warning and "empty.jpg" in warning and "cut.png" in warning
-    with pytest.raises(SystemExit, match=r"3 image files cannot be read \(more than --max-bad-files 2\)"):
+    with pytest.raises(DataError, match=r"3 image files cannot be read \(more than the 2 allowed\)") as caught:
         load(root, tmp_path, max_bad_files=2)
+    assert caught.value.setting == "max_bad_files"
 
 
 def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:
@@ -214,7 +251,9 @@ def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:
     assert sum(len(labels) for _, labels in val.batches()) == 6  # 7 files, one unreadable, no crash
 
 
-def test_streamed_training_fills_unreadable_files_and_counts_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_streamed_training_fills_unreadable_files_and_counts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # Under torchrun each process must take the same number of steps: a batch may not shrink or vanish.
     root = write_folder(tmp_path / "f", per_class=4)
     for name in ("a/1.png", "a/2.png", "b/3.png"):
@@ -225,12 +264,14 @@ def test_streamed_training_fills_unreadable_files_and_counts_them(tmp_path: Path
         batches = list(train.batches(seed=rank))
         sizes.append([len(labels) for _, labels in batches])
         images, labels = torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches])
-        assert torch.equal(images[:, 0, 0, 0].long(), 100 * labels)  # a file filling in brings its own label (red 0 or 100)
+        assert torch.equal(
+            images[:, 0, 0, 0].long(), 100 * labels
+        )  # a file filling in brings its own label (red 0 or 100)
     assert sizes == [[2, 2], [2, 2]]  # 8 files, global batch 4: two full batches on each process
     assert "skipping" in capsys.readouterr().err
     # The same limit as for folders decoded into memory, found as the files are read.
     train, *_ = load(root, tmp_path, loader="stream", max_bad_files=2)
-    with pytest.raises(SystemExit, match=r"3 image files cannot be read \(more than --max-bad-files 2\), e\.g\. .*\.png"):
+    with pytest.raises(DataError, match=r"3 image files cannot be read \(more than the 2 allowed\), e\.g\. .*\.png"):
         for _ in range(3):  # (each epoch reads the files in another order; all of them once an epoch)
             list(train.batches(seed=_))
 
@@ -239,23 +280,25 @@ def test_a_channel_that_never_varies_is_normalised_without_dividing_by_zero(tmp_
     root = write_folder(tmp_path / "f")  # blue is 30 in every image
     for loader in ("memory", "stream"):
         train, _, _, preprocess, spec = load(root, tmp_path, loader=loader)
-        assert preprocess["std"][2] == pytest.approx(1 / 255) and preprocess["std"][0] > 0.1
+        assert preprocess.std[2] == pytest.approx(1 / 255) and preprocess.std[0] > 0.1
         images, _ = next(train.batches())
-        x = data_pipeline.train_transform_batch(images, spec, torch.Generator().manual_seed(0))
+        x = train_transform(images, spec, torch.Generator().manual_seed(0))
         assert torch.isfinite(x).all()
 
 
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "f")
     (root / "train" / "empty").mkdir()
-    with pytest.raises(SystemExit, match=r"train/empty has no images"):
+    with pytest.raises(DataError, match=r"train/empty has no images"):
         load(root, tmp_path)
 
 
-def test_class_only_in_val_is_an_error_and_only_in_train_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_class_only_in_val_is_an_error_and_only_in_train_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = write_folder(tmp_path / "f")
     (root / "val" / "c").mkdir()
-    with pytest.raises(SystemExit, match=r"val/c is a class that .*train does not have"):
+    with pytest.raises(DataError, match=r"val/c is a class that .*train does not have"):
         load(root, tmp_path)
     (root / "val" / "c").rmdir()
     for path in (root / "val" / "b").iterdir():
@@ -270,16 +313,18 @@ def test_missing_split_is_named(tmp_path: Path, split: str) -> None:
     for path in sorted((root / split).rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     (root / split).rmdir()
-    with pytest.raises(SystemExit, match=f"no {split}/ folder"):
+    with pytest.raises(DataError, match=f"no {split}/ folder"):
         load(root, tmp_path)
 
 
 # --- Atomic checkpoints ------------------------------------------------------------------------
 
 
-def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "last.pt"
-    train.save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
+    save_atomically({"epoch": 1, "weights": torch.ones(3)}, path)
     before = path.read_bytes()
 
     def disk_full(obj, f) -> None:  # half the bytes reach the disk, then the disk is full
@@ -288,6 +333,6 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        train.save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
+        save_atomically({"epoch": 2, "weights": torch.zeros(3)}, path)
     assert path.read_bytes() == before and torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind

@@ -17,15 +17,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+import checkpoints
+import image_files
 import inference
 from alexnet import AlexNet
-from inference import BadImageError, CheckpointError, eval_transform, load_checkpoint, load_image, predict
+from checkpoints import load_checkpoint
+from engine import predict
+from errors import BadImageError, CheckpointError
+from image_files import load_image
+from presets import EvalPreset, eval_transform
 
 CLASSES = ["a", "b", "c"]
-PREPROCESS = {"image_size": 67, "resize_size": round(67 * 256 / 224), "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
+PREPROCESS = {
+    "image_size": 67,
+    "resize_size": round(67 * 256 / 224),
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+    "in_channels": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +46,13 @@ def checkpoint_dict() -> dict:
     """The keys inference needs, in the format train.py's checkpoint() writes."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=len(CLASSES))
-    return {"model": model.state_dict(), "model_config": model.config, "classes": CLASSES, "preprocess": PREPROCESS, "epoch": 1}
+    return {
+        "model": model.state_dict(),
+        "model_config": model.config,
+        "classes": CLASSES,
+        "preprocess": PREPROCESS,
+        "epoch": 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +142,9 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("side", [30_000, 10_000])  # over twice PIL's limit (an error in PIL), and just over it (a warning)
+@pytest.mark.parametrize(
+    "side", [30_000, 10_000]
+)  # over twice PIL's limit (an error in PIL), and just over it (a warning)
 def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, side: int) -> None:
     import resource
 
@@ -157,16 +178,19 @@ def test_unreadable_file_is_a_bad_image(tmp_path: Path, monkeypatch: pytest.Monk
     if os.geteuid() != 0:  # root reads any file, whatever its mode: simulate the refusal there
         path.chmod(0)
     else:
+
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied", str(path))
 
-        monkeypatch.setattr(inference.Image, "open", refuse)
+        monkeypatch.setattr(image_files.Image, "open", refuse)
     assert "permission denied" in bad_image_message(path)
 
 
 def test_eps_is_never_handed_to_ghostscript(tmp_path: Path) -> None:
     path = tmp_path / "drawing.jpg"
-    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n")
+    path.write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    )
     with Image.open(path) as image:
         assert image.format == "EPS"  # PIL alone would take it for EPS, and load() would run Ghostscript
     assert "not an image" in bad_image_message(path)
@@ -260,7 +284,7 @@ def test_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
 
 def test_checkpoint_round_trip(loaded: tuple[AlexNet, dict], checkpoint_dict: dict) -> None:
     model, meta = loaded
-    assert not model.training and meta == {"classes": CLASSES, "preprocess": PREPROCESS}
+    assert not model.training and meta == {"classes": CLASSES, "preprocess": EvalPreset(**PREPROCESS)}
     assert torch.equal(model.state_dict()["classifier.6.weight"], checkpoint_dict["model"]["classifier.6.weight"])
 
 
@@ -311,12 +335,19 @@ def hostile_checkpoint(how: str, marker: Path) -> bytes:
     if how.startswith("pickle-protocol-"):
         return pickle.dumps(payload, protocol=int(how.rsplit("-", 1)[1]))
     buffer = io.BytesIO()
-    checkpoint = {"model": {"features.0.weight": torch.zeros(1)}, "model_config": payload, "classes": CLASSES, "preprocess": PREPROCESS}
+    checkpoint = {
+        "model": {"features.0.weight": torch.zeros(1)},
+        "model_config": payload,
+        "classes": CLASSES,
+        "preprocess": PREPROCESS,
+    }
     torch.save(checkpoint, buffer, _use_new_zipfile_serialization=how == "torch-save")
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("how", ["pickle-protocol-2", f"pickle-protocol-{pickle.DEFAULT_PROTOCOL}", "torch-save", "torch-save-legacy"])
+@pytest.mark.parametrize(
+    "how", ["pickle-protocol-2", f"pickle-protocol-{pickle.DEFAULT_PROTOCOL}", "torch-save", "torch-save-legacy"]
+)
 def test_code_executing_pickle_is_refused_unrun(tmp_path: Path, how: str) -> None:
     marker = tmp_path / "was-run"
     path = tmp_path / "best.pt"
@@ -346,7 +377,15 @@ def test_dict_without_the_expected_keys(tmp_path: Path) -> None:
 def test_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
     path = tmp_path / "best.pt"
     grey = {"features.0.weight": torch.zeros(96, 1, 11, 11)}  # conv1 of a 1-channel model
-    torch.save({"model": grey, "model_config": {"num_classes": 3, "in_channels": 3}, "classes": CLASSES, "preprocess": PREPROCESS}, path)
+    torch.save(
+        {
+            "model": grey,
+            "model_config": {"num_classes": 3, "in_channels": 3},
+            "classes": CLASSES,
+            "preprocess": PREPROCESS,
+        },
+        path,
+    )
     message = checkpoint_message(path)
     assert "features.0.weight has shape (96, 1, 11, 11) in the file but (96, 3, 11, 11)" in message
     assert "and 15 more differences" in message  # the 15 other weights are missing
@@ -354,20 +393,28 @@ def test_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
 
 def test_config_with_more_classes_than_the_weights(monkeypatch: pytest.MonkeyPatch, checkpoint_dict: dict) -> None:
     """The realistic mismatch: a model_config edited or copied from another run. No 220 MB file needed."""
-    wrong = {**checkpoint_dict, "model_config": {**checkpoint_dict["model_config"], "num_classes": 4}, "classes": CLASSES + ["d"]}
-    monkeypatch.setattr(inference, "read_checkpoint", lambda path: wrong)
+    wrong = {
+        **checkpoint_dict,
+        "model_config": {**checkpoint_dict["model_config"], "num_classes": 4},
+        "classes": CLASSES + ["d"],
+    }
+    monkeypatch.setattr(checkpoints, "read_checkpoint", lambda path: wrong)
     message = checkpoint_message(Path("edited.pt"))
-    assert message.endswith("classifier.6.weight has shape (3, 4096) in the file but (4, 4096) in the model its model_config "
-                            "describes (and 1 more difference)")  # classifier.6.bias
+    assert message.endswith(
+        "classifier.6.weight has shape (3, 4096) in the file but (4, 4096) in the model its model_config "
+        "describes (and 1 more difference)"
+    )  # classifier.6.bias
 
 
-def test_config_that_is_not_an_alexnet_and_non_finite_weights(monkeypatch: pytest.MonkeyPatch, checkpoint_dict: dict) -> None:
+def test_config_that_is_not_an_alexnet_and_non_finite_weights(
+    monkeypatch: pytest.MonkeyPatch, checkpoint_dict: dict
+) -> None:
     unknown = {**checkpoint_dict, "model_config": {**checkpoint_dict["model_config"], "width": 2}}
-    monkeypatch.setattr(inference, "read_checkpoint", lambda path: unknown)
+    monkeypatch.setattr(checkpoints, "read_checkpoint", lambda path: unknown)
     assert "does not describe an AlexNet (TypeError" in checkpoint_message(Path("odd.pt"))
     weights = dict(checkpoint_dict["model"])
     weights["features.3.bias"] = weights["features.3.bias"].clone().fill_(float("nan"))
-    monkeypatch.setattr(inference, "read_checkpoint", lambda path: {**checkpoint_dict, "model": weights})
+    monkeypatch.setattr(checkpoints, "read_checkpoint", lambda path: {**checkpoint_dict, "model": weights})
     assert "weight features.3.bias holds NaN or infinite values" in checkpoint_message(Path("diverged.pt"))
 
 
@@ -390,14 +437,21 @@ def test_cli_classifies_good_files_and_reports_each_bad_one(
     good = [tmp_path / "one.png", tmp_path / "two.jpg"]
     Image.new("RGB", (90, 70), "orange").save(good[0])
     Image.new("L", (50, 80), 30).save(good[1])
-    bad = {tmp_path / "empty.jpg": "empty file", tmp_path / "notes.jpg": "not an image",
-           tmp_path / "cut.png": "truncated", tmp_path / "missing.png": "no such file", tmp_path / "nothing": "no image files"}
+    bad = {
+        tmp_path / "empty.jpg": "empty file",
+        tmp_path / "notes.jpg": "not an image",
+        tmp_path / "cut.png": "truncated",
+        tmp_path / "missing.png": "no such file",
+        tmp_path / "nothing": "no image files",
+    }
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("hello")
     (tmp_path / "cut.png").write_bytes(encoded(Image.effect_noise((64, 64), 50), "PNG")[:2000])
     (tmp_path / "nothing").mkdir()
     inputs = [good[0], *bad, good[1]]
-    status, out, err = run_cli(monkeypatch, capsys, *map(str, inputs), "--checkpoint", str(checkpoint_file), "--topk", "2")
+    status, out, err = run_cli(
+        monkeypatch, capsys, *map(str, inputs), "--checkpoint", str(checkpoint_file), "--topk", "2"
+    )
     assert status == 1
     lines = out.splitlines()  # per good image: "PATH:" and its top 2 classes, in the order given
     assert len(lines) == 6 and lines[0] == f"{good[0]}:" and lines[3] == f"{good[1]}:"
@@ -420,21 +474,25 @@ def test_cli_answers_a_bad_checkpoint_in_one_line(
     assert not (tmp_path / "was-run").exists()
 
 
-def test_cli_missing_checkpoint_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_cli_missing_checkpoint_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     status, out, err = run_cli(monkeypatch, capsys, "x.png", "--checkpoint", str(tmp_path / "gone.pt"))
     assert status == 2 and f"--checkpoint {tmp_path / 'gone.pt'}: no such file" in err
-
 
 
 def test_cli_bad_device_and_unreadable_labels_are_usage_errors(
     tmp_path: Path, checkpoint_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     status, _, err = run_cli(monkeypatch, capsys, "x.png", "--checkpoint", str(checkpoint_file), "--device", "gpu")
-    assert status == 2 and "--device gpu: not a device name" in err
+    assert status == 2 and "--device gpu: unknown device" in err
     labels = tmp_path / "labels.txt"
     labels.write_bytes(b"\xff\xfe\x00binary")
-    status, _, err = run_cli(monkeypatch, capsys, "x.png", "--checkpoint", str(checkpoint_file), "--labels", str(labels))
+    status, _, err = run_cli(
+        monkeypatch, capsys, "x.png", "--checkpoint", str(checkpoint_file), "--labels", str(labels)
+    )
     assert status == 2 and f"--labels {labels}: cannot read it as UTF-8 text" in err
+
 
 # Property: whatever the file, a probability vector or a BadImageError ------------------------------
 
@@ -448,7 +506,16 @@ WRITABLE_MODES = {
     "TIFF": ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"],
     "WEBP": ["L", "RGB", "RGBA", "PT"],
 }
-MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBPVP8 "]
+MAGIC = [
+    b"",
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff\xe0",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+]
 
 
 def random_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
@@ -478,7 +545,7 @@ def valid_image_files(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def image_files(draw: st.DrawFn) -> tuple[bytes, bool]:
+def image_file_contents(draw: st.DrawFn) -> tuple[bytes, bool]:
     """(file content, whether it must load): a valid image, a truncated one, or random bytes behind a magic number."""
     kind = draw(st.sampled_from(["valid", "truncated", "random"]))
     if kind == "random":
@@ -496,8 +563,10 @@ def scratch_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's notes on corrupt TIFF tags and EXIF data, expected here
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(case=image_files(), channels=st.sampled_from([1, 3]))
-def test_any_file_gives_probabilities_or_bad_image_error(case: tuple[bytes, bool], channels: int, scratch_file: Path) -> None:
+@given(case=image_file_contents(), channels=st.sampled_from([1, 3]))
+def test_any_file_gives_probabilities_or_bad_image_error(
+    case: tuple[bytes, bool], channels: int, scratch_file: Path
+) -> None:
     data, must_load = case
     scratch_file.write_bytes(data)
     try:
@@ -507,7 +576,9 @@ def test_any_file_gives_probabilities_or_bad_image_error(case: tuple[bytes, bool
         return
     assert pixels.dtype == torch.uint8 and pixels.ndim == 3 and pixels.shape[0] == channels
     model = tiny_model(channels)
-    preprocess = {**PREPROCESS, "mean": [0.5] * channels, "std": [0.25] * channels, "in_channels": channels}
+    preprocess = EvalPreset(
+        **{**PREPROCESS, "mean": [0.5] * channels, "std": [0.25] * channels, "in_channels": channels}
+    )
     with torch.no_grad():
         probabilities = model(eval_transform(pixels, preprocess)[None]).softmax(dim=1)
     assert probabilities.shape == (1, len(CLASSES)) and torch.isfinite(probabilities).all()

@@ -9,19 +9,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, run
 from PIL import Image
 
-from conftest import SHARED_DATA, run
-
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interval", "1"]
+
+pytestmark = pytest.mark.slow  # every test here runs the scripts as subprocesses
 
 
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One tiny run of the default (shapes) pipeline, shared by the tests below."""
     work = tmp_path_factory.mktemp("shapes")
-    run("train.py", "--train-size", "64", "--val-size", "32", "--epochs", "2", "--max-steps", "2", "--batch-size", "16",
-        "--name", "tiny", cwd=work)
+    run(
+        "train.py",
+        "--train-size",
+        "64",
+        "--val-size",
+        "32",
+        "--epochs",
+        "2",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--name",
+        "tiny",
+        cwd=work,
+    )
     yield work
     shutil.rmtree(work)  # ~670 MB of checkpoints: free the disk once the module is done
 
@@ -32,7 +47,17 @@ def test_train_writes_the_run_directory(shapes_run: Path) -> None:
         assert (run_dir / name).is_file(), name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
-    keys = {"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "epoch_seconds", "images_per_second"}
+    keys = {
+        "epoch",
+        "train_loss",
+        "train_top1",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "lr",
+        "epoch_seconds",
+        "images_per_second",
+    }
     assert keys <= rows[0].keys()
     assert all(0 <= row["val_top1"] <= row["val_top5"] <= 1 for row in rows)
     with Image.open(run_dir / "curves.png") as image:
@@ -43,7 +68,7 @@ def test_train_writes_the_run_directory(shapes_run: Path) -> None:
     assert checkpoint["epoch"] == 2
     assert checkpoint["classes"][0] == "circle"
     assert checkpoint["preprocess"]["in_channels"] == 3 and checkpoint["preprocess"]["image_size"] == 67
-    assert {"optimizer", "step_schedule", "epoch_schedule", "scaler", "rng", "model_config"} <= checkpoint.keys()
+    assert {"optimizer", "schedule", "scaler", "rng", "model_config"} <= checkpoint.keys()
 
 
 def test_inference_defaults_to_the_latest_run(shapes_run: Path) -> None:
@@ -57,11 +82,15 @@ def test_inference_defaults_to_the_latest_run(shapes_run: Path) -> None:
 
 def test_inference_json_matches_the_trained_model(shapes_run: Path) -> None:
     """Checkpoint round trip: inference's probabilities equal the saved model's on the same image."""
-    from inference import eval_transform, load_checkpoint, load_image
+    from checkpoints import load_checkpoint
+    from image_files import load_image
+    from presets import eval_transform
 
     run_dir = shapes_run / "runs" / "tiny"
     sample = sorted((run_dir / "samples").glob("*.png"))[0]
-    result = run("inference.py", str(sample), "--json", "--topk", "10", "--checkpoint", str(run_dir / "best.pt"), cwd=shapes_run)
+    result = run(
+        "inference.py", str(sample), "--json", "--topk", "10", "--checkpoint", str(run_dir / "best.pt"), cwd=shapes_run
+    )
     predictions = json.loads(result.stdout)["predictions"]
     model, meta = load_checkpoint(run_dir / "best.pt")
     with torch.no_grad():
@@ -108,8 +137,22 @@ def test_inference_without_any_run_says_what_to_do(tmp_path: Path) -> None:
 
 def test_resume_continues_from_last_epoch(shapes_run: Path) -> None:
     run_dir = shapes_run / "runs" / "tiny"
-    run("train.py", "--train-size", "64", "--val-size", "32", "--epochs", "3", "--max-steps", "2", "--batch-size", "16",
-        "--resume", str(run_dir), cwd=shapes_run)
+    run(
+        "train.py",
+        "--train-size",
+        "64",
+        "--val-size",
+        "32",
+        "--epochs",
+        "3",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--resume",
+        str(run_dir),
+        cwd=shapes_run,
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 3
@@ -117,7 +160,9 @@ def test_resume_continues_from_last_epoch(shapes_run: Path) -> None:
 
 def test_existing_run_name_is_not_overwritten(shapes_run: Path) -> None:
     before = (shapes_run / "runs" / "tiny" / "last.pt").read_bytes()
-    result = run("train.py", "--train-size", "64", "--val-size", "32", *TINY, "--name", "tiny", cwd=shapes_run, check=False)
+    result = run(
+        "train.py", "--train-size", "64", "--val-size", "32", *TINY, "--name", "tiny", cwd=shapes_run, check=False
+    )
     assert result.returncode != 0 and "already exists" in result.stderr
     assert (shapes_run / "runs" / "tiny" / "last.pt").read_bytes() == before
 
@@ -169,7 +214,7 @@ def make_image_folder(root: Path) -> None:
                 pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
                 image = Image.fromarray(pixels)
                 if mode == "I;16":
-                    image = Image.fromarray((pixels[..., 0].astype(np.uint16) * 256))
+                    image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 256)
                 elif mode == "P":
                     image = image.convert("P")
                 else:
@@ -195,7 +240,11 @@ def test_train_on_an_image_folder_with_mixed_images(tmp_path: Path) -> None:
         (["--lr", "0"], "--lr must be positive"),
         (["--image-size", "32"], "--image-size must be at least 67"),
         (["--dataset", "imagenet21k"], "invalid choice"),
-        pytest.param(["--device", "cuda"], "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")),
+        pytest.param(
+            ["--device", "cuda"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there"),
+        ),
         (["--data", "nowhere"], "--data nowhere: expected an image folder"),
     ],
 )
@@ -214,8 +263,21 @@ def test_image_folder_without_val_split(tmp_path: Path) -> None:
     assert result.returncode != 0 and "no val/ folder" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "hymenoptera" / "train").is_dir(), reason="../shared/data is not beside the checkout")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "hymenoptera" / "train").is_dir(), reason="../shared/data is not beside the checkout"
+)
 def test_train_on_real_jpegs(tmp_path: Path) -> None:
-    run("train.py", "--data", str(SHARED_DATA / "hymenoptera"), "--image-size", "67", *TINY, "--workers", "0",
-        "--name", "h", cwd=tmp_path)
+    run(
+        "train.py",
+        "--data",
+        str(SHARED_DATA / "hymenoptera"),
+        "--image-size",
+        "67",
+        *TINY,
+        "--workers",
+        "0",
+        "--name",
+        "h",
+        cwd=tmp_path,
+    )
     assert (tmp_path / "runs" / "h" / "best.pt").is_file()

@@ -1,0 +1,217 @@
+"""Image folders (DIR/train/<class>/<image>, DIR/val/<class>/<image>): listing, decoding, the decode cache.
+
+A folder's images are decoded once at the side they are stored at (R: the paper's 256 for 224-pixel
+crops, or the native side of small square images such as CIFAR's 32x32 PNGs): the shorter side
+resized to R and the central R x R square kept, in uint8. `cached_decode` keeps the result under
+data/cache/ for the next run; `FolderFiles` decodes file by file for streaming.
+"""
+
+import hashlib
+import json
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from tqdm import tqdm
+
+from checkpoints import save_atomically
+from errors import BadImageError, DataError
+from image_files import IMAGE_EXTENSIONS, open_image, pil_to_uint8
+
+CACHE_VERSION = 1  # bump when decode_for_store changes, so that old caches are not reused
+
+
+def folder_classes(root: Path) -> list[str]:
+    """The class names of an ImageNet-layout folder, checked: one DataError per problem."""
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*", "data_dir")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>", "data_dir")
+    extra = sorted(p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        raise DataError(
+            f"{root}/val/{extra[0]} is a class that {root}/train does not have; "
+            "train and val need the same class folders",
+            "data_dir",
+        )
+    return classes
+
+
+def folder_samples(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) of every image file under split_dir/<class>/, in a fixed order."""
+    return [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((split_dir / name).rglob("*"))
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    ]
+
+
+def check_samples(root: Path, classes: list[str], train: list, val: list) -> None:
+    """DataError for a split without images or a class without training images; a warning for a
+    class without validation images."""
+    for split, samples in (("train", train), ("val", val)):
+        if not samples:
+            raise DataError(
+                f"no image files under {root}/{split}/<class>/ (extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})",
+                "data_dir",
+            )
+    empty = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in train)]
+    if empty:
+        raise DataError(f"{root}/train/{empty[0]} has no images; add some or remove the folder", "data_dir")
+    missing = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in val)]
+    if missing:
+        print(f"warning: {root}/val has no images of class {', '.join(missing)}", file=sys.stderr)
+
+
+def check_bad_files(bad: list[str] | set[str], max_bad_files: int) -> None:
+    """DataError when more image files are unreadable than `max_bad_files` allows."""
+    if len(bad) > max_bad_files:
+        raise DataError(
+            f"{len(bad)} image files cannot be read (more than the {max_bad_files} allowed), "
+            f"e.g. {min(bad)}; fix or remove them, or allow more",
+            "max_bad_files",
+        )
+
+
+def decode_for_store(path: Path, channels: int, size: int) -> torch.Tensor:
+    """Decode an image file, resize its shorter side to `size` and cut the central square -> (C, size, size) uint8.
+
+    The same pixels as torchvision's Resize(size) + CenterCrop(size) on the PIL image, except that
+    JPEGs at least twice too large are decoded at a reduced scale first (libjpeg's DCT scaling:
+    much faster, and the resize that follows smooths the difference away).
+    """
+    with open_image(path, draft_size=size) as image:
+        if min(image.size) != size:
+            image = TF.resize(image, size, antialias=True)
+        return pil_to_uint8(TF.center_crop(image, size), channels)
+
+
+def store_size_for(samples: list[tuple[Path, int]], resize_size: int) -> int:
+    """The side at which to store a folder's images: `resize_size`, or the native side of small square images.
+
+    CIFAR-like folders (all images the same square size, smaller than resize_size) are kept at
+    their own size and upscaled per batch on the device: 32x32 CIFAR stays 48 times smaller than
+    storing it at 224. Only the headers of a few dozen files are read.
+    """
+    sizes = set()
+    for path, _ in samples[:: max(1, len(samples) // 64)]:
+        try:
+            with open_image(path, header_only=True) as image:
+                sizes.add(image.size)
+        except BadImageError:
+            continue
+    if len(sizes) == 1:
+        ((width, height),) = sizes
+        if width == height and width < resize_size:
+            return width
+    return resize_size
+
+
+class FolderFiles(torch.utils.data.Dataset):
+    """Image files -> (uint8 (C, R, R) tensor or None, label, whether the file was unreadable), for DataLoader workers.
+
+    With `fill` (streamed training), the next readable file takes an unreadable one's place: every
+    batch stays full, so the processes under torchrun take the same number of steps (one short of
+    a batch would leave the others waiting in DDP's all-reduce), and shapes stay fixed.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], channels: int, store_size: int, fill: bool = False) -> None:
+        self.samples, self.channels, self.store_size, self.fill = samples, channels, store_size, fill
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, bool]:
+        for offset in range(16 if self.fill else 1):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                return decode_for_store(path, self.channels, self.store_size), label, offset > 0
+            except BadImageError as error:
+                print(f"warning: skipping {error}", file=sys.stderr)
+        return None, label, True
+
+
+def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack a batch, leaving out the unreadable files (None) -> (images, labels, which were unreadable).
+
+    One stacked tensor per batch, not one per image: workers share tensors with the main process
+    through file descriptors, and thousands of small ones would exhaust the limit on open files.
+    """
+    readable = [(image, label) for image, label, _ in batch if image is not None]
+    unreadable = torch.tensor([bad for _, _, bad in batch])
+    if not readable:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), unreadable
+    return torch.stack([image for image, _ in readable]), torch.tensor([label for _, label in readable]), unreadable
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves a checkpoint before stopping."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def decode_folder(samples: list[tuple[Path, int]], channels: int, size: int, workers: int) -> tuple:
+    """Decode files in parallel -> (uint8 images (N, C, size, size), labels, unreadable paths)."""
+    files = FolderFiles(samples, channels, size)
+    loader = torch.utils.data.DataLoader(
+        files,
+        batch_size=256,
+        num_workers=workers,
+        collate_fn=collate_readable,
+        worker_init_fn=ignore_ctrl_c,
+        generator=torch.Generator(),
+    )
+    images, labels, bad = [], [], []
+    done = 0
+    bar = tqdm(total=len(samples), desc="  decoding", unit="img", leave=False, disable=not sys.stdout.isatty())
+    for batch_images, batch_labels, unreadable in loader:
+        images.append(batch_images)
+        labels.append(batch_labels)
+        batch = samples[done : done + len(unreadable)]
+        bad += [str(path) for (path, _), skipped in zip(batch, unreadable.tolist()) if skipped]
+        done += len(unreadable)
+        bar.update(len(unreadable))
+    bar.close()
+    images = [batch for batch in images if len(batch)]
+    if not images:
+        return torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), bad
+    return torch.cat(images), torch.cat(labels), bad
+
+
+def cached_decode(split_dir: Path, samples: list, channels: int, size: int, workers: int, cache_dir: Path) -> tuple:
+    """decode_folder, cached on disk: the key covers every file's path, size and modification
+    time, so adding, removing or changing a file (or changing the store size) decodes again."""
+    listing = [
+        (str(path.relative_to(split_dir)), label, path.stat().st_size, path.stat().st_mtime_ns)
+        for path, label in samples
+    ]
+    key_source = json.dumps([CACHE_VERSION, str(split_dir.resolve()), channels, size, listing])
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    prefix = f"{split_dir.resolve().parent.name}-{split_dir.name}-{size}px-{channels}ch-"
+    path = cache_dir / f"{prefix}{key}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            return cached["images"], cached["labels"], cached["bad"]
+        except Exception as error:  # a damaged cache is only a lost shortcut: decode again
+            print(f"warning: ignoring the unreadable cache {path} ({error})", file=sys.stderr)
+    print(f"Decoding {len(samples)} images from {split_dir} at {size}px (once; cached in {cache_dir}/)")
+    images, labels, bad = decode_folder(samples, channels, size, workers)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob(f"{prefix}*.pt"):  # older versions of this folder
+            stale.unlink()
+        save_atomically({"images": images, "labels": labels, "bad": bad}, path)
+    except OSError as error:  # read-only or full disk: train anyway, without the cache
+        print(f"warning: could not write the cache {path} ({error})", file=sys.stderr)
+    return images, labels, bad
+
+
+def train_files_sample(files: FolderFiles, count: int = 500) -> torch.Tensor:
+    """A seeded sample of decoded training images (N, C, R, R), for statistics of streamed folders."""
+    picks = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:count].tolist()
+    return torch.stack([image for image in (files[i][0] for i in picks) if image is not None])

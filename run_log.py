@@ -1,0 +1,92 @@
+"""What a run reports besides its checkpoints: metrics.jsonl, the curves, TensorBoard, progress, samples.
+
+Every epoch's row goes through `log_epoch`, the one place to add another sink. metrics.jsonl is
+rewritten atomically each epoch (a temporary file, fsynced, renamed), so a crash never leaves a
+torn line; `read_metrics` still skips one left by older versions, with a note.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from tqdm import tqdm
+
+from checkpoints import write_atomically
+from plots import plot_curves
+
+
+def read_metrics(path: Path, before_epoch: int) -> list[dict]:
+    """The rows of a metrics.jsonl for the epochs before `before_epoch` (the checkpoint is the truth:
+    later rows are dropped); a line that is not JSON (cut off by a crash) is skipped with a note."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"note: {path}: ignoring line {number}, which is not complete JSON (cut off by a crash?)")
+    return [row for row in rows if isinstance(row, dict) and row.get("epoch", before_epoch) < before_epoch]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """All rows, one JSON object a line, written atomically: a crash cannot tear a line."""
+    write_atomically(path, lambda f: f.writelines((json.dumps(row) + "\n").encode() for row in rows))
+
+
+def check_tensorboard() -> None:
+    """ImportError (one line, saying what to install) when TensorBoard scalars cannot be written."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (it needs the tensorboard package)
+    except ImportError:
+        raise ImportError("the tensorboard package is not installed; pip install tensorboard") from None
+
+
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard SummaryWriter logging into run_dir (event files beside metrics.jsonl)."""
+    from torch.utils.tensorboard import SummaryWriter  # imported here: only --tensorboard needs it
+
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+def log_epoch(run_dir: Path, metrics: list[dict], row: dict, writer=None) -> None:
+    """Record one epoch's row: metrics.jsonl, curves.png and, with a writer, TensorBoard scalars."""
+    metrics.append(row)
+    write_metrics(run_dir / "metrics.jsonl", metrics)
+    plot_curves(metrics, run_dir / "curves.png")
+    if writer is not None:
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+        writer.flush()
+
+
+def progress_bar(total: int, start: int, interactive: bool) -> tqdm:
+    """A progress bar on a terminal; `show_progress` prints plain lines instead when it is disabled."""
+    return tqdm(total=total, initial=start, disable=not interactive, leave=False, dynamic_ncols=True, file=sys.stdout)
+
+
+def show_progress(bar: tqdm, step: int, loss: float, top1: float, seconds: float) -> None:
+    text = f"loss {loss:.3f}  top-1 {100 * top1:5.1f}%  {seconds:.0f}s"
+    if bar.disable:
+        print(f"  step {step}/{bar.total}  {text}", flush=True)
+    else:
+        bar.update(step - bar.n)
+        bar.set_postfix_str(text)
+
+
+def sample_indices(count: int, total: int) -> list[int]:
+    """`count` indices spread evenly over `total` (validation sets are often sorted by class)."""
+    return torch.linspace(0, total - 1, min(count, total)).long().tolist()
+
+
+def save_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path, count: int = 8) -> None:
+    """A few validation images as PNG files named after their class, for the inference demo."""
+    folder.mkdir(exist_ok=True)
+    for i, index in enumerate(sample_indices(count, len(labels))):
+        name = classes[int(labels[index])].replace("/", "_").replace(" ", "_")
+        TF.to_pil_image(images[index].cpu()).save(folder / f"{i:02d}_{name}.png")

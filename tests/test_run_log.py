@@ -1,0 +1,53 @@
+"""What a run reports (run_log.py): metrics.jsonl, curves, TensorBoard scalars through one seam."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import png_size
+
+import train
+from run_log import check_tensorboard, log_epoch, read_metrics, tensorboard_writer
+
+ROW = {"epoch": 1, "train_loss": 2.0, "train_top1": 0.1, "train_top5": 0.5, "val_loss": 1.9, "val_top1": 0.2,
+       "val_top5": 0.6, "lr": 0.01, "epoch_seconds": 3.0, "images_per_second": 100.0}  # fmt: skip
+
+
+def test_every_row_reaches_metrics_curves_and_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = tensorboard_writer(tmp_path)
+    metrics = []
+    log_epoch(tmp_path, metrics, ROW, writer)
+    log_epoch(tmp_path, metrics, {**ROW, "epoch": 2, "val_top1": 0.4}, writer)
+    writer.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == metrics and [row["epoch"] for row in rows] == [1, 2]
+    assert png_size(tmp_path / "curves.png")[0] > 300
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"train/loss", "val/top1", "lr", "epoch/seconds"} <= set(events.Tags()["scalars"])
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("val/top1")] == [(1, 0.2), (2, 0.4)]
+    assert not list(tmp_path.glob("*.tmp"))  # metrics.jsonl is written through a renamed temporary file
+
+
+def test_tensorboard_flag_without_the_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        check_tensorboard()
+    with pytest.raises(SystemExit) as exit_info:
+        train.get_args(["--tensorboard"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and error.endswith("--tensorboard: the tensorboard package is not installed; "
+                                                        "pip install tensorboard")  # fmt: skip
+
+
+def test_metrics_of_a_resumed_run_keep_the_checkpoints_epochs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + json.dumps({**ROW, "epoch": 2}) + "\n" + '{"epoch": 3, "train_lo')
+    assert read_metrics(path, before_epoch=2) == [ROW]  # epoch 2 came after the checkpoint; the torn line is skipped
+    assert "ignoring line 3" in capsys.readouterr().out
+    assert read_metrics(tmp_path / "none.jsonl", before_epoch=5) == []
