@@ -38,6 +38,7 @@ from folders import (
     folder_classes,
     folder_samples,
     ignore_ctrl_c,
+    report_left_out,
     store_size_for,
     train_files_sample,
 )
@@ -219,7 +220,9 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
     if config.source == "folder":
         root = Path(config.data_dir)
         classes = folder_classes(root)
-        train_samples, val_samples = folder_samples(root / "train", classes), folder_samples(root / "val", classes)
+        train_samples, train_hidden, train_other = folder_samples(root / "train", classes)
+        val_samples, val_hidden, val_other = folder_samples(root / "val", classes)
+        report_left_out(train_hidden + val_hidden, train_other + val_other)
         check_samples(root, classes, train_samples, val_samples)
         channels = config.in_channels or 3
         store_size = store_size_for(train_samples, round(image_size * 256 / 224))
@@ -254,6 +257,17 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
     train = InMemory(train_images, train_labels, config.batch_size, True, device, **shard)
     val = InMemory(val_images, val_labels, config.batch_size, False, device, **shard)
     return Data(train, val, classes, preprocess, augment)
+
+
+def stored_bytes(config: DataConfig) -> int:
+    """What the uint8 images of `config` take in memory, before anything is loaded. Image folders:
+    0 (their size is known once listed; large ones are streamed)."""
+    size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
+    if config.source == "shapes":
+        return (config.train_size + config.val_size) * 3 * size**2
+    native = {"mnist": 70_000 * 28 * 28, "fashion-mnist": 70_000 * 28 * 28, "cifar10": 60_000 * 3 * 32 * 32,
+              "cifar100": 60_000 * 3 * 32 * 32}  # fmt: skip
+    return native.get(config.source, 0)
 
 
 def decode_folder_splits(

@@ -84,6 +84,32 @@ def bf16_is_fast(device: torch.device) -> bool:
     return False
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a run on `device`: the GPU's free memory on CUDA, else the host's available
+    memory (Linux's MemAvailable, or free pages where sysconf tells); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # macOS has no SC_AVPHYS_PAGES
+        return None
+
+
+def training_memory(parameters: int, batch_size: int, channels: int, image_size: int) -> int:
+    """A lower bound of the bytes a training step needs: the fp32 weights, gradients and momentum,
+    and one batch's fp32 input (and its gradient-free copy) and conv1 output (kept for backward,
+    its gradient and the ReLU's mask). Deeper layers and workspaces come on top."""
+    conv1 = max((image_size - 11) // 4 + 1, 1)
+    per_image = 4 * (2 * channels * image_size**2 + 3 * 96 * conv1**2)
+    return 3 * 4 * parameters + batch_size * per_image
+
+
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision in `amp_dtype` (None: fp32, autocast off)."""
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)

@@ -28,10 +28,13 @@ def folder_classes(root: Path) -> list[str]:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*", "data_dir")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    # Hidden folders (.ipynb_checkpoints, .git, ...) are never classes.
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>", "data_dir")
-    extra = sorted(p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes)
+    extra = sorted(
+        p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes and p.name[0] != "."
+    )
     if extra:
         raise DataError(
             f"{root}/val/{extra[0]} is a class that {root}/train does not have; "
@@ -41,14 +44,32 @@ def folder_classes(root: Path) -> list[str]:
     return classes
 
 
-def folder_samples(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """(path, label) of every image file under split_dir/<class>/, in a fixed order."""
-    return [
-        (path, label)
-        for label, name in enumerate(classes)
-        for path in sorted((split_dir / name).rglob("*"))
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    ]
+def folder_samples(split_dir: Path, classes: list[str]) -> tuple[list[tuple[Path, int]], list[Path], list[Path]]:
+    """(path, label) of every image file under split_dir/<class>/, in a fixed order; and the files
+    left out: hidden ones (a name starting with "."; macOS's ._ AppleDouble files and .DS_Store,
+    anything in .ipynb_checkpoints/), and those without an image extension."""
+    samples, hidden, other = [], [], []
+    for label, name in enumerate(classes):
+        for path in sorted((split_dir / name).rglob("*")):
+            if not path.is_file():
+                continue
+            if any(part.startswith(".") for part in path.relative_to(split_dir).parts):
+                hidden.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                samples.append((path, label))
+            else:
+                other.append(path)
+    return samples, hidden, other
+
+
+def report_left_out(hidden: list[Path], other: list[Path]) -> None:
+    """One line for each kind of file an image folder's listing left out, with a count and an example."""
+    if hidden:
+        print(f"note: skipped {len(hidden)} hidden file(s) (names starting with '.', such as macOS's ._ "
+              f"AppleDouble files), e.g. {hidden[0]}")  # fmt: skip
+    if other:
+        print(f"note: skipped {len(other)} file(s) without an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}), "
+              f"e.g. {other[0]}; rename any images among them to use them")  # fmt: skip
 
 
 def check_samples(root: Path, classes: list[str], train: list, val: list) -> None:
@@ -183,22 +204,22 @@ def decode_folder(samples: list[tuple[Path, int]], channels: int, size: int, wor
 
 
 def cached_decode(split_dir: Path, samples: list, channels: int, size: int, workers: int, cache_dir: Path) -> tuple:
-    """decode_folder, cached on disk: the key covers every file's path, size and modification
-    time, so adding, removing or changing a file (or changing the store size) decodes again."""
+    """decode_folder, cached on disk: the key covers the folder's full path and every file's path,
+    size and modification time, so adding, removing or changing a file (or changing the store
+    size) decodes again. A cache that cannot be read, or does not fit the folder, is decoded again."""
     listing = [
         (str(path.relative_to(split_dir)), label, path.stat().st_size, path.stat().st_mtime_ns)
         for path, label in samples
     ]
-    key_source = json.dumps([CACHE_VERSION, str(split_dir.resolve()), channels, size, listing])
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    prefix = f"{split_dir.resolve().parent.name}-{split_dir.name}-{size}px-{channels}ch-"
+    folder = str(split_dir.resolve())
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, folder, channels, size, listing]).encode()).hexdigest()[:16]
+    # The folder's name for people, and a hash of its full path, so that a/data and b/data keep their own caches.
+    where = hashlib.sha256(folder.encode()).hexdigest()[:8]
+    prefix = f"{split_dir.resolve().parent.name}-{split_dir.name}-{where}-{size}px-{channels}ch-"
     path = cache_dir / f"{prefix}{key}.pt"
-    if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            return cached["images"], cached["labels"], cached["bad"]
-        except Exception as error:  # a damaged cache is only a lost shortcut: decode again
-            print(f"warning: ignoring the unreadable cache {path} ({error})", file=sys.stderr)
+    cached = read_cache(path, samples, channels, size) if path.is_file() else None
+    if cached is not None:
+        return cached
     print(f"Decoding {len(samples)} images from {split_dir} at {size}px (once; cached in {cache_dir}/)")
     images, labels, bad = decode_folder(samples, channels, size, workers)
     try:
@@ -208,6 +229,34 @@ def cached_decode(split_dir: Path, samples: list, channels: int, size: int, work
         save_atomically({"images": images, "labels": labels, "bad": bad}, path)
     except OSError as error:  # read-only or full disk: train anyway, without the cache
         print(f"warning: could not write the cache {path} ({error})", file=sys.stderr)
+    return images, labels, bad
+
+
+def read_cache(path: Path, samples: list, channels: int, size: int) -> tuple | None:
+    """A decode cache's (images, labels, unreadable paths), if it loads safely and fits `samples`:
+    one image of `channels` x `size` x `size` and the right label for every readable file. Else
+    None, with one warning line: the cache is only a shortcut, and is decoded again."""
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        images, labels, bad = cached["images"], cached["labels"], list(cached["bad"])
+    except Exception:  # truncated, not a cache, or something weights_only refuses to unpickle
+        print(f"warning: the decode cache {path} cannot be read (damaged?); decoding again", file=sys.stderr)
+        return None
+    unreadable = set(bad)
+    expected = torch.tensor([label for file, label in samples if str(file) not in unreadable], dtype=torch.int64)
+    fits = (
+        isinstance(images, torch.Tensor)
+        and isinstance(labels, torch.Tensor)
+        and images.dtype == torch.uint8
+        and tuple(images.shape[1:]) == (channels, size, size)
+        and len(images) == len(expected)
+        and labels.shape == expected.shape
+        and torch.equal(labels, expected)
+    )
+    if not fits:
+        print(f"warning: the decode cache {path} does not fit its folder (other images or labels); decoding again",
+              file=sys.stderr)  # fmt: skip
+        return None
     return images, labels, bad
 
 

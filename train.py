@@ -48,8 +48,18 @@ from checkpoints import (
     save_atomically,
     set_rng_states,
 )
-from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, InMemory, load_data
-from engine import accuracy_counts, autocast, evaluate, pick_device, pick_precision, setup_distributed, train_step
+from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, InMemory, load_data, stored_bytes
+from engine import (
+    accuracy_counts,
+    autocast,
+    available_memory,
+    evaluate,
+    pick_device,
+    pick_precision,
+    setup_distributed,
+    train_step,
+    training_memory,
+)
 from errors import CheckpointError, DataError
 from plots import plot_confusion, plot_filters, plot_predictions
 from presets import (
@@ -355,6 +365,8 @@ def bad_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str 
         return "--tta applies to --evaluate CHECKPOINT"
     if args.resume and args.evaluate:
         return "--resume and --evaluate do not go together"
+    if args.name is not None and (Path(args.name).name != args.name or args.name in ("", ".", "..")):
+        return f"--name must be one folder name, without / or .., got {args.name!r} (--out-dir says where runs go)"
     return None
 
 
@@ -408,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     resume_path, resume = read_resume(args) if args.resume else (None, None)  # it brings the run's settings
     evaluated = read_evaluated(args) if args.evaluate else None  # it brings its input size and channels
 
-    # Data -------------------------------------------------------------------------------------
+    # Data (after checking, before it is allocated, that it fits and that the run can be written) ---
+    check_before_loading(args, setup, resume is None and evaluated is None)
     data = load_data_or_exit(args, setup)
     if evaluated is not None:  # --evaluate: one pass over the validation set, then stop
         evaluate_checkpoint(args, evaluated, data, setup)
@@ -494,6 +507,37 @@ def read_checkpoint_or_exit(name: str, default_file: str, flag: str) -> dict:
         raise SystemExit(f"error: {flag} {error}") from None
 
 
+def check_before_loading(args: argparse.Namespace, setup: Setup, new_run: bool) -> None:
+    """One error line, before minutes of loading, for a run that cannot fit in memory or cannot be written."""
+    config = data_config(args)
+    size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
+    with torch.device("meta"):  # the parameter count, without the parameters
+        parameters = sum(p.numel() for p in AlexNet(num_classes=1, **MODELS[args.model]).parameters())
+    data, training = stored_bytes(config), training_memory(parameters, args.batch_size, args.in_channels or 3, size)
+    available = available_memory(setup.device)
+    if available is not None and data + training > available:
+        raise SystemExit(
+            f"error: --image-size {size}: this run needs at least {gb(data + training)} of memory on {setup.device} "
+            f"(the images {gb(data)}, the model and a batch of {args.batch_size} {gb(training)}) but {gb(available)} "
+            "is available; lower --image-size, --batch-size or --train-size"
+        )
+    if not new_run or setup.rank != 0:
+        return
+    out_dir = Path(args.out_dir)
+    nearest = next(path for path in (out_dir, *out_dir.parents) if path.exists())  # what already exists of it
+    if not nearest.is_dir():
+        raise SystemExit(f"error: --out-dir {out_dir}: {nearest} is a file, not a folder; choose another --out-dir")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out-dir {out_dir}: cannot write in {nearest} (permission denied)")
+    if args.name and (out_dir / args.name).exists():
+        raise SystemExit(f"error: run directory {out_dir / args.name} already exists; choose another --name "
+                         f"or --resume {out_dir / args.name}")  # fmt: skip
+
+
+def gb(size: int) -> str:
+    return f"{size / 1e9:,.1f} GB"
+
+
 def read_evaluated(args: argparse.Namespace) -> dict:
     """The checkpoint --evaluate names; its input size and channels replace the flags' (e.g. an
     MNIST model evaluated on RGB folders: the data is converted)."""
@@ -508,6 +552,13 @@ def read_resume(args: argparse.Namespace) -> tuple[Path, dict]:
     again on the command line win)."""
     path = Path(args.resume)
     resume_path = path / "last.pt" if path.is_dir() else path
+    if path.is_dir() and not resume_path.is_file():
+        there = sorted(f"{p.name}/" if p.is_dir() else p.name for p in path.iterdir())
+        hint = f"; --evaluate {path / 'best.pt'} or start a new run" if "best.pt" in there else "; start a new run"
+        raise SystemExit(
+            f"error: --resume {args.resume}: this run directory has no last.pt (deleted, or the run stopped before "
+            f"its first epoch ended); it holds {', '.join(there) or 'nothing'}{hint}"
+        )
     if not resume_path.is_file():
         raise SystemExit(f"error: --resume {args.resume}: no checkpoint there (expected a last.pt or a run directory)")
     resume = read_checkpoint_or_exit(str(resume_path), "last.pt", "--resume")
