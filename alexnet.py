@@ -330,8 +330,11 @@ class AlexNet(nn.Module):
             fc6 = self.classifier[fc6_index]
             x = F.linear(torch.flatten(x, 1), fc6_weight_for_map(fc6.weight, height, width), fc6.bias)
             return self.classifier[fc6_index + 1 :](x)  # (B, 4096) -> (B, num_classes)
-        if x.device.type == "mps" and (height % 6 or width % 6):
-            x = adaptive_avg_pool_by_matmul(x, 6)  # MPS cannot adaptive-pool such sizes natively
+        # MPS cannot adaptive-pool such sizes natively; CUDA's backward of it is not deterministic
+        # (and refused under torch.use_deterministic_algorithms). The matmul form is exact on both.
+        uneven = height % 6 or width % 6
+        if uneven and (x.device.type == "mps" or x.is_cuda and torch.are_deterministic_algorithms_enabled()):
+            x = adaptive_avg_pool_by_matmul(x, 6)
         else:
             x = F.adaptive_avg_pool2d(x, 6)  # (B, 256, h, w) -> (B, 256, 6, 6); identity at 227
         x = torch.flatten(x, 1)  # (B, 256, 6, 6) -> (B, 9216)

@@ -6,7 +6,9 @@ torn line; `read_metrics` still skips one left by older versions, with a note.
 """
 
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,6 +65,28 @@ def log_epoch(run_dir: Path, metrics: list[dict], row: dict, writer=None) -> Non
             if key != "epoch":
                 writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
         writer.flush()
+
+
+@dataclass
+class ChanceWatch:
+    """Whether the training loss has sat at chance, ln(number of classes), the loss of a network that
+    predicts every class alike, for `patience` steps in a row (within `tolerance`, relative):
+    AlexNet's best-known failure (a bad initialisation or learning rate). Fed at each host sync
+    with the mean loss of the steps since the previous one."""
+
+    patience: int = 300
+    tolerance: float = 0.03
+    steps: int = 0  # steps in a row at chance so far
+    warned: bool = False
+
+    def update(self, mean_loss: float, steps: int, num_classes: int) -> bool:
+        """True once: the first time the loss has been at chance for `patience` steps."""
+        chance = math.log(num_classes)
+        self.steps = self.steps + steps if abs(mean_loss - chance) <= self.tolerance * chance else 0
+        if self.steps >= self.patience and not self.warned:
+            self.warned = True
+            return True
+        return False
 
 
 def progress_bar(total: int, start: int, interactive: bool) -> tqdm:

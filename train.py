@@ -73,6 +73,7 @@ from presets import (
 )
 from pretrained import imagenet_state_dict
 from run_log import (
+    ChanceWatch,
     check_tensorboard,
     log_epoch,
     progress_bar,
@@ -270,6 +271,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "fp16 on older GPUs, else off",
     )
     group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms (cuDNN autotuning off, torch.use_deterministic_algorithms): "
+        "a resumed CUDA run equals an uninterrupted one, at some cost in speed",
+    )
+    group.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the model (minutes of compilation; pays off on long GPU runs)",
@@ -406,6 +413,8 @@ class Run:
     augment_rng: torch.Generator = field(default_factory=torch.Generator)
     best_top1: float = -1.0
     metrics: list[dict] = field(default_factory=list)
+    chance: ChanceWatch = field(default_factory=ChanceWatch)  # is the loss stuck at ln(classes)?
+    warned_data: bool = False  # the data-wait warning is given once a run
     writer: object = None  # a TensorBoard SummaryWriter, with --tensorboard
 
     def log(self, *args, **kwargs) -> None:
@@ -473,18 +482,25 @@ def main(argv: list[str] | None = None) -> None:
 
 def make_setup(args: argparse.Namespace) -> Setup:
     """torchrun's process group (if under torchrun), the precision, the backends' settings."""
+    if args.deterministic:  # cuBLAS reads it when it first runs: before anything touches the GPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         rank, world_size, device = setup_distributed(args.device)
     except ValueError as error:
         raise SystemExit(f"error: --device {args.device}: {error}") from None
-    memory_format = configure_device(device)
+    memory_format = configure_device(device, args.deterministic)
     return Setup(device, pick_precision(args.amp, device), memory_format, rank, world_size)
 
 
-def configure_device(device: torch.device) -> torch.memory_format:
-    """Backend settings for speed; the memory format models and batches use."""
+def configure_device(device: torch.device, deterministic: bool) -> torch.memory_format:
+    """Backend settings for speed, or for repeatable results; the memory format models and batches use."""
+    if deterministic:
+        # The same result for the same input on the same machine: deterministic kernels only (cuDNN's
+        # and cuBLAS's included); AlexNet pools with matrix products then (see AlexNet.forward).
+        torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+        # Fixed input size: let cuDNN time its kernels and keep the fastest (which may differ run to run).
+        torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for whatever stays in fp32
         torch.backends.cudnn.allow_tf32 = True
     # channels_last lets oneDNN (CPU) and cuDNN use their fastest convolution kernels.
@@ -797,72 +813,102 @@ class StopSignal:
         return signal.Signals(self.signal).name
 
 
+@dataclass
+class EpochTotals:
+    """An epoch's running figures. The sums stay on the device (no host sync per step): loss, top-1
+    hits, top-5 hits, and the first step whose loss was not finite (-1: none)."""
+
+    sums: torch.Tensor
+    seen: int = 0  # training images so far
+    data_seconds: float = 0.0  # time the loop waited for the next batch
+    synced: tuple[float, int] = (0.0, 0)  # the loss sum and `seen` at the last host sync
+
+    def add(self, step: int, logits: torch.Tensor, loss: torch.Tensor, labels: torch.Tensor) -> None:
+        sums = self.sums
+        first_bad = torch.where((sums[3] < 0) & ~loss.isfinite(), step, sums[3])
+        top1, top5 = accuracy_counts(logits, labels)
+        self.sums = torch.stack([sums[0] + loss * len(labels), sums[1] + top1, sums[2] + top5, first_bad])
+        self.seen += len(labels)
+
+
 def train_one_epoch(run: Run, epoch: int, partial: dict | None, started: float) -> dict:
     """One pass over the training data, or what an interrupted one left -> the epoch's training figures."""
-    args, device = run.args, run.setup.device
+    args, setup = run.args, run.setup
     run.model.train()
-    # Running totals stay on the device: loss sum, top-1 hits, top-5 hits, first step with a non-finite loss.
-    totals = torch.tensor([0.0, 0.0, 0.0, -1.0], device=device, dtype=torch.float64)
-    seen, first_batch, lr = 0, 0, run.schedule.lr()
+    totals = EpochTotals(torch.tensor([0.0, 0.0, 0.0, -1.0], device=setup.device, dtype=torch.float64))
+    first_batch, lr = 0, run.schedule.lr()
     run.augment_rng.manual_seed(args.seed * 1000 + epoch)
     if partial is not None:  # continue an interrupted epoch exactly where it stopped
-        totals = torch.tensor(partial["totals"], device=device, dtype=torch.float64)
-        seen, first_batch, lr = partial["seen"], partial["batch"], partial["lr"]
+        totals.sums = torch.tensor(partial["totals"], device=setup.device, dtype=torch.float64)
+        totals.seen, totals.data_seconds = partial["seen"], partial.get("data_seconds", 0.0)
+        totals.synced = (partial["totals"][0], partial["seen"])
+        first_batch, lr = partial["batch"], partial["lr"]
         run.augment_rng.set_state(partial["augment_rng"])
     run.log(f"Epoch {epoch}/{args.epochs}  lr {lr:.4g}")
-    interactive = sys.stdout.isatty() and run.setup.rank == 0
+    interactive = sys.stdout.isatty() and setup.rank == 0
     show_every = 10 if interactive else args.log_interval  # reading the loss syncs with the device
     bar = progress_bar(run.steps_per_epoch, first_batch, interactive)
-    batches = run.data.train.batches(seed=args.seed * 1000 + epoch, start=first_batch)
+    batches = timed(run.data.train.batches(seed=args.seed * 1000 + epoch, start=first_batch), totals)
     with data_errors(args):  # a streamed folder finds its unreadable files as it reads them
         for i, (images, labels) in enumerate(batches, start=first_batch + 1):
             for group in run.optimizer.param_groups:
                 group["lr"] = run.schedule.lr()
-            x = train_transform(
-                images, run.data.augment, run.augment_rng, run.setup.memory_format, run.setup.rank, run.setup.world_size
-            )
-            logits, loss = train_step(
-                run.forward, run.criterion, run.optimizer, run.scaler, x, labels, run.setup.amp_dtype
-            )
+            x = train_transform(images, run.data.augment, run.augment_rng, setup.memory_format, setup.rank,
+                                setup.world_size)  # fmt: skip
+            logits, loss = train_step(run.forward, run.criterion, run.optimizer, run.scaler, x, labels, setup.amp_dtype)
             run.schedule.step += 1
-            loss = loss.detach()
-            first_bad = torch.where((totals[3] < 0) & ~loss.isfinite(), i, totals[3])
-            top1, top5 = accuracy_counts(logits.detach(), labels)
-            totals = torch.stack([totals[0] + loss * len(labels), totals[1] + top1, totals[2] + top5, first_bad])
-            seen += len(labels)
+            totals.add(i, logits.detach(), loss.detach(), labels)
             shown = i % show_every == 0 or i == run.steps_per_epoch
-            if shown or run.setup.world_size == 1 and run.stop.signal:
-                loss_sum, hits, _, bad_step = totals.tolist()  # the only host sync of the loop
-                if bad_step >= 0:
-                    diverged(run, epoch, int(bad_step), loss_sum / seen)
-                if shown and run.setup.rank == 0:
-                    show_progress(bar, i, loss_sum / seen, hits / seen, time.perf_counter() - started)
-            if (
-                (shown or run.setup.world_size == 1)
-                and i < run.steps_per_epoch
-                and run.stop.requested(run.setup.world_size, device)
-            ):
+            if shown or setup.world_size == 1 and run.stop.signal:
+                check_progress(run, totals, epoch, i, bar if shown and setup.rank == 0 else None, started)
+            last = i >= run.steps_per_epoch
+            if (shown or setup.world_size == 1) and not last and run.stop.requested(setup.world_size, setup.device):
                 bar.close()
-                state = {
-                    "batch": i,
-                    "totals": totals.tolist(),
-                    "seen": seen,
-                    "lr": lr,
-                    "augment_rng": run.augment_rng.get_state(),
-                    "seconds": time.perf_counter() - started,
-                }
-                stop_mid_epoch(run, epoch, state)
-            if i >= run.steps_per_epoch:
+                partial = {"batch": i, "totals": totals.sums.tolist(), "seen": totals.seen, "lr": lr,
+                           "augment_rng": run.augment_rng.get_state(), "data_seconds": totals.data_seconds,
+                           "seconds": time.perf_counter() - started}  # fmt: skip
+                stop_mid_epoch(run, epoch, partial)
+            if last:
                 break
     bar.close()
-    loss_sum, top1, top5 = totals[:3].tolist()
-    return {
-        "loss": loss_sum / seen,
-        "top1": top1 / seen,
-        "top5": top5 / seen,
-        "lr": lr,
-        "images_per_second": seen * run.setup.world_size / (time.perf_counter() - started),
-    }
+    loss_sum, top1, top5 = totals.sums[:3].tolist()
+    seconds = time.perf_counter() - started
+    return {"loss": loss_sum / totals.seen, "top1": top1 / totals.seen, "top5": top5 / totals.seen, "lr": lr,
+            "images_per_second": totals.seen * setup.world_size / seconds, "data_seconds": totals.data_seconds,
+            "compute_seconds": seconds - totals.data_seconds}  # fmt: skip
+
+
+def timed(batches, totals: EpochTotals):
+    """The batches, with the time spent waiting for each added to totals.data_seconds: host time only
+    (no device sync), which is when a GPU with nothing queued sits idle."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        totals.data_seconds += time.perf_counter() - start
+        yield batch
+
+
+def check_progress(run: Run, totals: EpochTotals, epoch: int, step: int, bar, started: float) -> None:
+    """At a host sync: stop on a non-finite loss, show the progress (on `bar`, if given), and warn once
+    when the loss has sat at chance for a few hundred steps."""
+    loss_sum, hits, _, bad_step = totals.sums.tolist()  # the only host sync of the loop
+    if bad_step >= 0:
+        diverged(run, epoch, int(bad_step), loss_sum / totals.seen)
+    if bar is not None:
+        show_progress(bar, step, loss_sum / totals.seen, hits / totals.seen, time.perf_counter() - started)
+    window_loss, window_seen = loss_sum - totals.synced[0], totals.seen - totals.synced[1]
+    totals.synced = (loss_sum, totals.seen)
+    steps = window_seen // run.args.batch_size
+    if window_seen and run.chance.update(window_loss / window_seen, steps, len(run.data.classes)):
+        run.log(
+            f"warning: the training loss has stayed at chance (ln {len(run.data.classes)} = "
+            f"{math.log(len(run.data.classes)):.3f}) for {run.chance.steps} steps: the network is not learning; "
+            f"lower --lr (now {run.args.lr}), raise --warmup-steps (now {run.args.warmup_steps}) or use --init he"
+        )
 
 
 def stop_if_asked(run: Run, epoch: int) -> None:
@@ -910,13 +956,22 @@ def finish_epoch(run: Run, epoch: int, train: dict, val: dict, started: float) -
         "lr": train["lr"],
         "epoch_seconds": time.perf_counter() - started,
         "images_per_second": train["images_per_second"],
+        "data_seconds": train["data_seconds"],  # training waited for the next batch
+        "compute_seconds": train["compute_seconds"],  # the rest of the training time
     }
+    waiting = train["data_seconds"] / max(train["data_seconds"] + train["compute_seconds"], 1e-9)
     run.log(
         f"Epoch {epoch}/{run.args.epochs}  train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}%  |  "
         f"val loss {val['loss']:.3f} top-1 {100 * val['top1']:.1f}% top-5 {100 * val['top5']:.1f}%  |  "
-        f"{row['epoch_seconds']:.0f}s  {row['images_per_second']:.0f} img/s",
+        f"{row['epoch_seconds']:.0f}s  {row['images_per_second']:.0f} img/s, {100 * waiting:.0f}% waiting for data",
         flush=True,
     )
+    if waiting > 0.2 and not run.warned_data:
+        run.warned_data = True
+        run.log(
+            f"warning: training waited for data {100 * waiting:.0f}% of the time (the device sat idle then): "
+            f"raise --workers (now {run.args.workers}), or keep the images in memory (--loader memory) if they fit"
+        )
     improved = val["top1"] > run.best_top1
     run.best_top1 = max(run.best_top1, val["top1"])
     if run.setup.rank != 0:  # rank 0 writes everything

@@ -49,3 +49,18 @@ def png_size(path: Path) -> tuple[int, int]:
         assert image.format == "PNG"
         image.load()  # the whole file decodes, not just its header
         return image.size
+
+
+def gpus() -> list:
+    """The accelerators, as pytest params skipped where absent (as torchvision's tests do): the same
+    `pytest` on a GPU machine runs them there. Marked `gpu`, so that `pytest -m gpu` runs just these."""
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    return [
+        pytest.param(name, marks=[pytest.mark.gpu, pytest.mark.skipif(not there, reason=f"no {name.upper()} here")])
+        for name, there in present.items()
+    ]
+
+
+def devices() -> list:
+    """The CPU and every accelerator (see gpus)."""
+    return ["cpu", *gpus()]

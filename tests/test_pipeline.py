@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
-from conftest import ROOT, SCRIPT_ENV
+from conftest import ROOT, SCRIPT_ENV, devices
 from PIL import Image
 
 import data_pipeline
@@ -117,17 +117,18 @@ def test_resized_crops_equal_torchvision_resized_crop() -> None:
         assert torch.equal(out[i], reference), i
 
 
-def test_gpu_grid_path_equals_the_cpu_path() -> None:
-    """Checked on the CPU: whole-pixel crops of the output size are exact copies (padding and
-    flips included); upscaled crops agree away from the crop's border."""
+@pytest.mark.parametrize("device", devices())
+def test_gpu_grid_path_equals_the_cpu_path(device: str) -> None:
+    """The grid path (what a GPU runs) on each device against the CPU path: whole-pixel crops of the
+    output size are exact copies (padding and flips included); upscaled crops agree away from the
+    crop's border (bilinear rounding)."""
     images = random_images(4, 32)
     boxes = torch.tensor([[-4, -4, 32, 32], [4, 0, 32, 32], [2, 3, 32, 32], [0, 0, 32, 32]])
     flips = torch.tensor([True, False, True, False])
-    assert torch.equal(
-        crops_by_grid(images, boxes, flips, 32, "zeros"), crops_on_cpu(images, boxes, flips, 32, 4).float()
-    )
+    grid = crops_by_grid(images.to(device), boxes, flips, 32, "zeros").cpu()
+    torch.testing.assert_close(grid, crops_on_cpu(images, boxes, flips, 32, 4).float(), atol=1e-3, rtol=0)
     boxes = torch.tensor([[2, 3, 16, 16], [0, 0, 32, 32], [10, 4, 20, 20], [5, 5, 8, 8]])
-    grid = crops_by_grid(images, boxes, flips, 64, "border")
+    grid = crops_by_grid(images.to(device), boxes, flips, 64, "border").cpu()
     cpu = crops_on_cpu(images, boxes, flips, 64, 0).float()
     torch.testing.assert_close(grid[..., 8:-8, 8:-8], cpu[..., 8:-8, 8:-8], atol=1.0, rtol=0)  # uint8 rounding
 

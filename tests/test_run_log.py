@@ -1,6 +1,7 @@
 """What a run reports (run_log.py): metrics.jsonl, curves, TensorBoard scalars through one seam."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 from conftest import png_size
 
 import train
-from run_log import check_tensorboard, log_epoch, read_metrics, tensorboard_writer
+from run_log import ChanceWatch, check_tensorboard, log_epoch, read_metrics, tensorboard_writer
 
 ROW = {"epoch": 1, "train_loss": 2.0, "train_top1": 0.1, "train_top5": 0.5, "val_loss": 1.9, "val_top1": 0.2,
        "val_top5": 0.6, "lr": 0.01, "epoch_seconds": 3.0, "images_per_second": 100.0}  # fmt: skip
@@ -51,3 +52,12 @@ def test_metrics_of_a_resumed_run_keep_the_checkpoints_epochs(tmp_path: Path, ca
     assert read_metrics(path, before_epoch=2) == [ROW]  # epoch 2 came after the checkpoint; the torn line is skipped
     assert "ignoring line 3" in capsys.readouterr().out
     assert read_metrics(tmp_path / "none.jsonl", before_epoch=5) == []
+
+
+def test_chance_watch_warns_once_after_a_few_hundred_steps_at_chance() -> None:
+    watch, chance = ChanceWatch(), math.log(10)
+    assert not watch.update(chance * 1.01, 200, 10)
+    assert not watch.update(chance * 0.5, 50, 10) and watch.steps == 0  # learning: the count starts again
+    assert not watch.update(chance, 250, 10)
+    assert watch.update(chance * 0.99, 50, 10)  # 300 steps in a row within 3% of ln 10
+    assert not watch.update(chance, 50, 10)  # once a run

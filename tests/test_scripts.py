@@ -60,6 +60,10 @@ def test_train_writes_the_run_directory(shapes_run: Path) -> None:
     }
     assert keys <= rows[0].keys()
     assert all(0 <= row["val_top1"] <= row["val_top5"] <= 1 for row in rows)
+    # Where the training time went: waiting for the next batch, and the rest.
+    for row in rows:
+        assert row["data_seconds"] >= 0 and row["compute_seconds"] > 0
+        assert row["data_seconds"] + row["compute_seconds"] <= row["epoch_seconds"]
     with Image.open(run_dir / "curves.png") as image:
         assert image.format == "PNG" and image.size[0] > 300
     samples = sorted((run_dir / "samples").glob("*.png"))

@@ -1,0 +1,149 @@
+"""Every device present: the CPU, and CUDA or Apple MPS where there is one (skipped where absent, as
+torchvision's tests do; `pytest -m gpu` runs just those on a GPU machine). The model in each precision,
+train.py in memory and streamed, exact --resume with --deterministic, inference, and checkpoints and
+RNG states moving between devices. The GPU crop path against the CPU one: test_pipeline.py."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, SCRIPT_ENV, devices, gpus, run
+from PIL import Image
+
+from alexnet import AlexNet
+from checkpoints import load_checkpoint, rng_states, set_rng_states
+from engine import autocast, predict
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--image-size", "67", "--log-interval", "1"]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_forward_and_backward_in_each_precision(device: str, precision: str) -> None:
+    torch.manual_seed(0)
+    reference = AlexNet(5, dropout=0.0)
+    reference.classifier[-1].weight.data.normal_(std=0.05)  # logits of a useful size to compare
+    model = copy.deepcopy(reference).to(device)
+    x, labels = torch.randn(4, 3, 67, 67), torch.tensor([0, 1, 2, 3])
+    with autocast(torch.device(device), PRECISIONS[precision]):
+        logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float(), labels.to(device))
+    loss.backward()
+    assert logits.dtype == (PRECISIONS[precision] or torch.float32)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        expected = reference(x)
+    # fp32 on a GPU may use TF32 tensor cores (cuDNN's default); bf16 keeps 8 bits of mantissa.
+    tolerance = {"fp32": 1e-4 if device == "cpu" else 1e-2, "bf16": 6e-2, "fp16": 1e-2}[precision]
+    torch.testing.assert_close(logits.float().cpu(), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+
+
+def write_folder(root: Path, per_class: int = 8) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label, name in enumerate(("a", "b")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (48, 40, 3), dtype=torch.uint8, generator=generator)
+                pixels[..., label] = 255
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", gpus())  # on the CPU: every other test of train.py
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_train_a_few_steps_on_the_device(device: str, loader: str, tmp_path: Path) -> None:
+    write_folder(tmp_path / "folder")
+    args = ["--data", "folder", "--device", device, "--loader", loader, "--workers", "2", *TINY, "--name", "r"]
+    result = run("train.py", *args, cwd=tmp_path)
+    assert f"device {device}" in result.stdout
+    row = json.loads((tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(isinstance(value, float) and value == value for key, value in row.items() if key != "epoch")
+    model, meta = load_checkpoint(tmp_path / "runs" / "r" / "last.pt", "cpu")  # saved on the device, read on the CPU
+    assert meta["classes"] == ["a", "b"] and next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", devices())
+def test_resume_with_deterministic_equals_an_uninterrupted_run(device: str, tmp_path: Path) -> None:
+    shapes = ["--train-size", "48", "--val-size", "16", "--batch-size", "16", "--device", device, "--deterministic"]
+    run("train.py", *shapes, "--epochs", "2", "--name", "straight", cwd=tmp_path)
+    run("train.py", *shapes, "--epochs", "1", "--name", "split", cwd=tmp_path)
+    run("train.py", "--resume", "runs/split", "--epochs", "2", cwd=tmp_path)
+    timing = ("_seconds", "images_per_second")
+    states = []
+    for name in ("straight", "split"):
+        rows = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        rows = [{k: v for k, v in row.items() if not k.endswith(timing)} for row in rows]
+        states.append((torch.load(tmp_path / "runs" / name / "last.pt", weights_only=True)["model"], rows))
+    (straight, straight_rows), (split, split_rows) = states
+    assert split_rows == straight_rows and len(split_rows) == 2
+    assert all(torch.equal(straight[key], split[key]) for key in straight)
+
+
+def checkpoint_on(device: str, path: Path) -> AlexNet:
+    """A train.py-style checkpoint of a 3-class AlexNet whose weights live on `device` when saved."""
+    torch.manual_seed(0)
+    model = AlexNet(3).to(device)
+    preprocess = {"image_size": 67, "resize_size": 77, "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
+    torch.save({"model": model.state_dict(), "model_config": model.config, "classes": ["a", "b", "c"],
+                "preprocess": preprocess}, path)  # fmt: skip
+    return model
+
+
+@pytest.mark.parametrize("device", gpus())
+def test_checkpoints_and_rng_states_move_between_devices(device: str, tmp_path: Path) -> None:
+    saved = checkpoint_on(device, tmp_path / "gpu.pt")
+    on_cpu, _ = load_checkpoint(tmp_path / "gpu.pt", "cpu")
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(saved.state_dict().values(), on_cpu.state_dict().values()))
+    saved = checkpoint_on("cpu", tmp_path / "cpu.pt")
+    on_device, _ = load_checkpoint(tmp_path / "cpu.pt", device)
+    assert next(on_device.parameters()).device.type == device
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(saved.state_dict().values(), on_device.state_dict().values()))
+    # The RNG states a checkpoint carries (dropout on the device draws from the device's generator).
+    states = rng_states(torch.device(device))
+    first = torch.rand(5, device=device), torch.rand(5)
+    set_rng_states(states, torch.device(device))
+    again = torch.rand(5, device=device), torch.rand(5)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("device", gpus())
+def test_inference_on_the_device_equals_the_cpu(device: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import inference
+
+    checkpoint_on("cpu", tmp_path / "best.pt")
+    images = [torch.randint(0, 256, (3, 90, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(3)]  # fmt: skip
+    for tta in ("none", "10crop"):
+        cpu = predict(*load_checkpoint(tmp_path / "best.pt", "cpu"), images, topk=3, tta=tta)
+        gpu = predict(*load_checkpoint(tmp_path / "best.pt", device), images, topk=3, tta=tta)
+        for a, b in zip(cpu, gpu):
+            assert [name for name, _ in a] == [name for name, _ in b]
+            assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-3)
+    Image.new("RGB", (80, 60), "red").save(tmp_path / "x.png")
+    outputs = []
+    for name in ("cpu", device):  # the command line: --device
+        inference.main([str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "best.pt"), "--device", name, "--json"])
+        outputs.append(json.loads(capsys.readouterr().out)["predictions"])
+    assert [p["class"] for p in outputs[0]] == [p["class"] for p in outputs[1]]
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_torchrun_with_nccl_on_two_gpus(tmp_path: Path) -> None:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = ["--device", "cuda", "--train-size", "64", "--val-size", "32", "--batch-size", "16", "--epochs", "1"]
+    command = [*torchrun, str(ROOT / "train.py"), *args, "--name", "ddp"]
+    env = {**SCRIPT_ENV, "PATH": f"{Path(sys.executable).parent}:{SCRIPT_ENV['PATH']}"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "x 2 processes" in result.stdout and (tmp_path / "runs" / "ddp" / "last.pt").is_file()
