@@ -60,7 +60,12 @@ class ExportReport:
 
     @property
     def max_difference(self) -> float:
-        return max(self.random_difference, self.image_difference)
+        return largest(self.random_difference, self.image_difference)
+
+
+def largest(*values: float) -> float:
+    """max(), but NaN if any value is NaN (Python's max keeps or drops a NaN depending on its place)."""
+    return torch.tensor(values).max().item()
 
 
 class PoolingPath(nn.Module):
@@ -131,14 +136,15 @@ def export_model(
     check_writable(path)
     if suffix == ".onnx":
         require_onnx(path, export=True)
-    model = model.float().cpu().eval()
+    device, training = next(model.parameters()).device, model.training
+    model.cpu().eval()  # exported from the CPU, in fp32 as trained; put back where it was below
     metadata = export_metadata(model, meta)
     example = torch.randn(2, *input_shape(meta["preprocess"]))  # batch 2: a batch of 1 would be specialised
     tmp = path.with_name(f".{path.stem}.partial{suffix}")  # hidden, beside the target: the rename cannot fail
     try:
         write_exported(PoolingPath(model).eval(), example, metadata, tmp, path)
         random_difference, image_difference, count = parity(model, meta, tmp, images or [])
-        difference = max(random_difference, image_difference)
+        difference = largest(random_difference, image_difference)
         if not difference <= tolerance:  # NaN fails too
             raise ExportError(
                 f"{path}: the exported network differs from the checkpoint by up to {difference:.3g} in a logit "
@@ -148,6 +154,7 @@ def export_model(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        model.to(device).train(training)
     return ExportReport(path, path.stat().st_size, random_difference, image_difference, count)
 
 

@@ -187,6 +187,21 @@ def test_the_parity_check_compares_larger_batches_too(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_nan_logits_fail_the_check_and_the_model_is_left_as_it_was(
+    tmp_path: Path, loaded: tuple[AlexNet, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, meta = loaded
+    monkeypatch.setattr(export, "reference_logits", lambda model, x: model(x).float() * float("nan"))
+    model.train()
+    try:
+        with pytest.raises(ExportError, match="by up to nan in a logit"):
+            export_model(model, meta, tmp_path / "m.pt2")
+        assert model.training  # export_model evaluates in eval mode, then puts the model back as it found it
+    finally:
+        model.eval()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_extension_is_one_error(
     tmp_path: Path, loaded: tuple[AlexNet, dict], checkpoint_file: Path, capsys: pytest.CaptureFixture
 ) -> None:
