@@ -215,7 +215,8 @@ def predict(
         raise ValueError(f"tta must be None or one of {TTA_MODES}, got {tta!r}")
     ten_crop = tta == "10crop"
     transform = ten_crop_transform if ten_crop else eval_transform
-    device = next(model.parameters()).device
+    # A model without parameters (export.OnnxRuntimeModel, an ONNX file run by ONNX Runtime) takes CPU tensors.
+    device = next(model.parameters(), torch.empty(0)).device
     preprocess, classes = meta["preprocess"], meta["classes"]
     inputs = []
     for image in images:

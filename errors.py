@@ -29,6 +29,16 @@ class DownloadError(CheckpointError):
     """
 
 
+class ExportError(ValueError):
+    """A network that cannot be exported, or an exported file that cannot be used: an unknown file
+    extension, a path that cannot be written, an optional package (onnx, onnxscript, onnxruntime)
+    that is not installed, an exported file whose logits differ from the checkpoint's, or a file
+    that is not an export written by `export.export_model` (not ONNX or .pt2, or without its metadata).
+
+    The message is one line, "PATH: what is wrong". A failed export leaves no file behind.
+    """
+
+
 class DataError(ValueError):
     """A dataset that cannot be used as asked: a folder in the wrong layout, a dataset that is not
     there, too many unreadable files, a setting the data does not allow.

@@ -5,11 +5,19 @@ Usage:
     python inference.py photo.jpg photos/ --checkpoint runs/cifar10/best.pt --topk 3
     python inference.py photo.jpg --labels imagenet_classes.txt --json
     python inference.py photo.jpg --weights imagenet --tta 10crop --plot top5.png   # torchvision's ImageNet weights
+    python inference.py --export shapes.onnx --checkpoint runs/shapes/best.pt     # or shapes.pt2
+    python inference.py photos/ --checkpoint shapes.onnx --output results.csv        # or results.jsonl
 
 `--tta 10crop` averages the softmax over ten crops per image, the paper's test-time augmentation
 (see ten_crop_transform). `--plot OUT.png` draws each image beside a bar chart of its top-k
 classes; with more than one image file, OUT gets the image's index (counted from 0 over the image
 files, in the order given, directories expanded) before its suffix: out-0.png, out-1.png, ...
+`--export FILE.onnx` (ONNX, for ONNX Runtime, TensorRT, Triton) or `--export FILE.pt2`
+(torch.export) writes the network with its class names and preprocessing as metadata, once its
+logits are checked against the checkpoint's (random inputs, rendered images and any IMAGEs given;
+at most 1e-4 apart); `--checkpoint FILE.onnx` or `FILE.pt2` then classifies with that file (ONNX
+files run on ONNX Runtime's CPU provider). `--output FILE.csv` or `FILE.jsonl` also writes one row
+per image: its top-k, or why it could not be read (see export.py and result_files.py).
 `--weights imagenet` uses torchvision's pretrained AlexNet (IMAGENET1K_V1, ImageNet's 1000
 classes) instead of a checkpoint: downloaded once into torch's cache ($TORCH_HOME/hub/checkpoints/,
 by default ~/.cache/torch/hub/checkpoints/); offline, copy the file there (the error says where).
@@ -24,12 +32,13 @@ In a notebook:
 
 Bad inputs raise one documented error each, with a one-line message that names the file:
 BadImageError for an image file that cannot be read, CheckpointError for a checkpoint that cannot
-be used (both in errors.py). The command line reports them as `error: ...` and exits with status 1.
+be used, ExportError for an export that fails or an exported file that cannot be used (all in
+errors.py). The command line reports them as `error: ...` and exits with status 1.
 
 This script is the command line; the work is done by the library modules it imports:
-image_files.py (reading images), checkpoints.py, pretrained.py, presets.py (preprocessing) and
-engine.py (`predict`). `load_checkpoint`, `load_imagenet_weights` and `predict` are importable
-from here too, for notebooks.
+image_files.py (reading images), checkpoints.py, pretrained.py, presets.py (preprocessing),
+engine.py (`predict`), export.py (ONNX and .pt2) and result_files.py (--output). `load_checkpoint`,
+`load_imagenet_weights` and `predict` are importable from here too, for notebooks.
 """
 
 import argparse
@@ -37,12 +46,16 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from checkpoints import latest_checkpoint, load_checkpoint
 from engine import pick_device, predict
-from errors import BadImageError, CheckpointError, first_sentence
+from errors import BadImageError, CheckpointError, ExportError, first_sentence
+from export import EXPORT_FORMATS, PARITY_BATCH, check_writable, export_format, export_model, load_exported
 from image_files import IMAGE_EXTENSIONS, expand_inputs, load_image
 from presets import TTA_MODES
 from pretrained import load_imagenet_weights
+from result_files import ResultRow, result_format, write_results
 
 __all__ = ["load_checkpoint", "load_imagenet_weights", "predict"]  # for notebooks: from inference import ...
 
@@ -68,10 +81,15 @@ def plot_path(out: Path, index: int, several: bool) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files or directories of images")
+    parser.add_argument(
+        "images", nargs="*", help="image files or directories of images (with --export: extra inputs for its check)"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--checkpoint", default=None, help="checkpoint to use (default: best.pt of the newest run in --runs-dir)"
+        "--checkpoint",
+        default=None,
+        help="checkpoint to use, or a FILE.onnx or FILE.pt2 that --export wrote (default: best.pt of the newest run "
+        "in --runs-dir)",
     )
     source.add_argument(
         "--weights",
@@ -102,22 +120,81 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.png",
         help="draw each image beside its top-k bar chart; with several image files, OUT-<index>.png per image",
     )
+    parser.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE.csv|FILE.jsonl",
+        help="also write one row per image to this file: its top-k classes and confidences, or why it was not read",
+    )
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="FILE.onnx|FILE.pt2",
+        help="write the network (of --checkpoint or --weights) as ONNX or torch.export's .pt2, checked against it, "
+        "and classify nothing",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    model, meta = load_model(parser, args)
+    if args.labels:
+        meta["classes"] = read_labels(parser, args.labels, len(meta["classes"]))
+
+    # Decode every file first: a bad file is reported and skipped, the others still classified.
+    decoded, good, indices, problems, count = decode_inputs(args.images, meta["preprocess"].in_channels)
+    if args.export:
+        export_network(Path(args.export), model, meta, decoded)
+        unwritten = 0
+    else:
+        results = (
+            predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=args.tta) if decoded else []
+        )
+        print_results(good, results, args.json)
+        unwritten = draw_plots(Path(args.plot), good, indices, decoded, results, several=count > 1) if args.plot else 0
+        unwritten += write_output(Path(args.output), good, results, problems) if args.output else 0
+    if problems:
+        print(f"{len(problems)} of {len(problems) + len(good)} inputs could not be classified", file=sys.stderr)
+    if problems or unwritten:
+        sys.exit(1)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """parser.error for flags that cannot work together or files that cannot be written, before any work."""
     if args.topk < 1:
         parser.error("--topk must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-
+    if not args.images and not args.export:
+        parser.error("give image files or directories to classify (or --export FILE to write the network)")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         parser.error(f"--plot {args.plot}: the picture is a PNG; give a file name ending in .png")
     if args.plot and not Path(args.plot).parent.is_dir():
         parser.error(f"--plot {args.plot}: no such directory {Path(args.plot).parent}")
+    if args.output:
+        try:
+            result_format(Path(args.output))
+        except ValueError as error:
+            parser.error(f"--output {error}")
+        if not Path(args.output).parent.is_dir():
+            parser.error(f"--output {args.output}: no such directory {Path(args.output).parent}")
+    if args.export:
+        if args.plot or args.output:
+            parser.error("--export writes the network and classifies nothing: run --plot or --output without it")
+        if args.checkpoint and Path(args.checkpoint).suffix.lower() in EXPORT_FORMATS:
+            parser.error(f"--export: give a checkpoint (.pt) or --weights imagenet, not {args.checkpoint}")
+        try:
+            export_format(Path(args.export))
+            check_writable(Path(args.export))
+        except ExportError as error:
+            parser.error(f"--export {error}")
 
+
+def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """(model, meta) of --weights, --checkpoint (a checkpoint or an exported file) or the newest run."""
     checkpoint = None
     if not args.weights:
         checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.runs_dir))
@@ -134,40 +211,41 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--device {error}")
     try:
         if checkpoint is None:
-            model, meta = load_imagenet_weights(device)
-        else:
-            model, meta = load_checkpoint(checkpoint, device)
-    except (
-        CheckpointError
-    ) as error:  # one line, not a traceback; a broken input (or no network) is not a usage error: status 1
+            return load_imagenet_weights(device)
+        if checkpoint.suffix.lower() in EXPORT_FORMATS:
+            return load_exported(checkpoint, device)
+        return load_checkpoint(checkpoint, device)
+    except (CheckpointError, ExportError) as error:
+        # One line, not a traceback; a broken input (or no network) is not a usage error: status 1.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    if args.labels:
-        meta["classes"] = read_labels(parser, args.labels, len(meta["classes"]))
 
-    # Decode every file first: a bad file is reported and skipped, the others still classified.
-    decoded, good, indices, failures, count = decode_inputs(args.images, meta["preprocess"].in_channels)
-    results = predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=args.tta) if decoded else []
-    print_results(good, results, args.json)
-    unwritten = draw_plots(Path(args.plot), good, indices, decoded, results, several=count > 1) if args.plot else 0
-    if failures:
-        print(f"{failures} of {failures + len(good)} inputs could not be classified", file=sys.stderr)
-    if failures or unwritten:
+
+def export_network(path: Path, model: torch.nn.Module, meta: dict, images: list) -> None:
+    """--export: write the network, checked against the model; the measured difference on stdout."""
+    try:
+        report = export_model(model, meta, path, images=images)
+    except ExportError as error:
+        print(f"error: --export {error}", file=sys.stderr)
         sys.exit(1)
+    print(
+        f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB): its logits are within {report.max_difference:.2g} "
+        f"of the checkpoint's (largest difference on random inputs {report.random_difference:.2g}, on images "
+        f"{report.image_difference:.2g}; {report.inputs} inputs in batches of 1 and {PARITY_BATCH} or more)"
+    )
 
 
-def decode_inputs(names: list[str], channels: int) -> tuple[list, list[Path], list[int], int, int]:
+def decode_inputs(names: list[str], channels: int) -> tuple[list, list[Path], list[int], list, int]:
     """Every image file of the inputs decoded -> (images, their paths, their indices among all image
-    files, how many inputs failed, how many image files there were); failures reported on stderr."""
-    decoded, good, indices, failures, count = [], [], [], 0, 0
+    files, the inputs that failed as (position among all inputs, name, reason), how many image files
+    there were); failures reported on stderr."""
+    decoded, good, indices, problems, count = [], [], [], [], 0
     for name in names:
         files = expand_inputs([name])
         if not files:  # a directory without a single image file
-            print(
-                f"error: {name}: no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory",
-                file=sys.stderr,
-            )
-            failures += 1
+            reason = f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory"
+            print(f"error: {name}: {reason}", file=sys.stderr)
+            problems.append((len(good) + len(problems), name, reason))
         for path in files:
             count += 1
             try:
@@ -176,8 +254,23 @@ def decode_inputs(names: list[str], channels: int) -> tuple[list, list[Path], li
                 indices.append(count - 1)  # --plot numbers every image file, so a bad one does not shift the others
             except BadImageError as error:
                 print(f"error: {error}", file=sys.stderr)
-                failures += 1
-    return decoded, good, indices, failures, count
+                problems.append((len(good) + len(problems), str(path), str(error).removeprefix(f"{path}: ")))
+    return decoded, good, indices, problems, count
+
+
+def write_output(out: Path, paths: list[Path], results: list, problems: list) -> int:
+    """--output: one row per input, in the order given -> 1 if the file could not be written, else 0."""
+    rows = [ResultRow(str(path), predictions=top) for path, top in zip(paths, results)]
+    for position, name, reason in problems:  # in increasing position: each lands where it was met
+        rows.insert(position, ResultRow(name, error=reason))
+    try:
+        write_results(out, rows)
+    except OSError as error:
+        print(
+            f"error: --output {out}: cannot write it ({error.strerror or error}); choose another path", file=sys.stderr
+        )
+        return 1
+    return 0
 
 
 def print_results(paths: list[Path], results: list, as_json: bool) -> None:

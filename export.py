@@ -1,0 +1,360 @@
+"""The network of a checkpoint as a file other tools run: ONNX (ONNX Runtime, TensorRT, Triton) or
+torch.export's .pt2 (PyTorch's own deployment format), checked to give the checkpoint's logits.
+
+    >>> from checkpoints import load_checkpoint
+    >>> from export import export_model, load_exported
+    >>> model, meta = load_checkpoint("runs/shapes/best.pt")
+    >>> report = export_model(model, meta, Path("shapes.onnx"))      # or shapes.pt2
+    >>> report.max_difference                                         # largest |logit difference| measured
+    2.4e-07
+    >>> network, meta = load_exported("shapes.onnx")                  # for engine.predict, as a checkpoint
+
+The exported network takes normalised float32 images (B, C, S, S), any batch size B, and returns
+logits (B, num_classes); the preprocessing is not inside it but described beside it: the class
+names, the EvalPreset (input side, resize side, mean, std, channels) and the model_config are one
+JSON object, under the key "alexnet" of the ONNX file's metadata_props, or in the .pt2 archive as
+the extra file "alexnet.json". `load_exported` reads it back, so that inference preprocesses an
+image for the exported file exactly as for the checkpoint.
+
+Before a file is kept, `export_model` runs it (ONNX through ONNX Runtime) on random inputs and on
+rendered images (shapes.py, plus any images given), as a batch of one and as a larger batch, and
+compares its logits with the checkpoint's: at most PARITY_TOLERANCE apart, or ExportError and no
+file. It is written to a hidden temporary name beside the target and renamed only then.
+
+onnx, onnxscript and onnxruntime are needed only for .onnx files, and imported only then: without
+them, ExportError says what to install.
+"""
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet import AlexNet
+from errors import ExportError, first_sentence
+from presets import EvalPreset, eval_transform
+from shapes import make_shapes
+
+EXPORT_FORMATS = (".onnx", ".pt2")
+METADATA_KEY = "alexnet"  # the ONNX metadata_props key; the .pt2 extra file is METADATA_KEY + ".json"
+METADATA_FORMAT = "alexnet-export-1"  # bumped if the metadata's meaning changes
+PARITY_TOLERANCE = 1e-4  # largest |logit difference| allowed between the exported file and the checkpoint, fp32
+PARITY_BATCH = 4  # the larger batch of the parity check (the other is a batch of one)
+ONNX_PACKAGES = "onnx onnxscript onnxruntime"
+
+
+@dataclass
+class ExportReport:
+    """What `export_model` wrote and measured."""
+
+    path: Path
+    size_bytes: int
+    random_difference: float  # largest |logit difference| on random normal inputs
+    image_difference: float  # the same on rendered (and given) images, preprocessed as inference does
+    inputs: int  # how many inputs were compared, over both batch sizes
+
+    @property
+    def max_difference(self) -> float:
+        return largest(self.random_difference, self.image_difference)
+
+
+def largest(*values: float) -> float:
+    """max(), but NaN if any value is NaN (Python's max keeps or drops a NaN depending on its place)."""
+    return torch.tensor(values).max().item()
+
+
+class PoolingPath(nn.Module):
+    """AlexNet's forward through the 6x6 average pooling, for every batch size.
+
+    AlexNet.forward folds the pooling into fc6 when the batch is large against the feature map, a
+    Python branch on the batch size. torch.export traces that branch once, with the example batch
+    it is given: it keeps whichever path that batch took for every batch size, so the exported
+    graph would depend on the example batch. Here the path is fixed: pooling, then the
+    classifier, the reference computation the fold only speeds up. It is exact for any batch
+    size (the fold is the same linear map, rounded differently; the parity check compares this
+    graph with the checkpoint's own forward at both batch sizes). No dropout acts: eval mode.
+    """
+
+    def __init__(self, model: AlexNet) -> None:
+        super().__init__()
+        self.features = model.features
+        self.classifier = model.classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.features(images), 6)  # (B, 256, h, w) -> (B, 256, 6, 6)
+        return self.classifier(torch.flatten(x, 1))  # (B, 9216) -> (B, num_classes)
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An ONNX file run by ONNX Runtime's CPU provider, called like the model: (B, C, S, S) -> logits.
+
+    It has no parameters: engine.predict then feeds it CPU tensors."""
+
+    def __init__(self, session: object) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        inputs = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: inputs})
+        return torch.from_numpy(logits).to(images.device)
+
+
+def export_format(path: Path) -> str:
+    """The format a file name asks for, ".onnx" or ".pt2"; ExportError for any other extension."""
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise ExportError(
+            f"{path}: unknown export format {suffix or '(no extension)'}; name the file .onnx (ONNX) "
+            "or .pt2 (torch.export)"
+        )
+    return suffix
+
+
+def export_model(
+    model: AlexNet,
+    meta: dict,
+    path: Path,
+    images: list[torch.Tensor] | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportReport:
+    """Write `model` (with meta's classes and preprocessing) to `path`, .onnx or .pt2, once its logits
+    are checked against the model's on random inputs, rendered images and `images` (uint8 (C, H, W)).
+
+    Raises ExportError (one line, naming the path) for an unknown extension, an unwritable path, a
+    missing ONNX package, a failed export, or logits more than `tolerance` apart; nothing is left
+    behind then.
+    """
+    path = Path(path)
+    suffix = export_format(path)
+    check_writable(path)
+    if suffix == ".onnx":
+        require_onnx(path, export=True)
+    device, training = next(model.parameters()).device, model.training
+    model.cpu().eval()  # exported from the CPU, in fp32 as trained; put back where it was below
+    metadata = export_metadata(model, meta)
+    example = torch.randn(2, *input_shape(meta["preprocess"]))  # batch 2: a batch of 1 would be specialised
+    tmp = path.with_name(f".{path.stem}.partial{suffix}")  # hidden, beside the target: the rename cannot fail
+    try:
+        write_exported(PoolingPath(model).eval(), example, metadata, tmp, path)
+        random_difference, image_difference, count = parity(model, meta, tmp, images or [])
+        difference = largest(random_difference, image_difference)
+        if not difference <= tolerance:  # NaN fails too
+            raise ExportError(
+                f"{path}: the exported network differs from the checkpoint by up to {difference:.3g} in a logit "
+                f"(random inputs {random_difference:.3g}, images {image_difference:.3g}; at most {tolerance:g} "
+                "allowed); nothing written"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.to(device).train(training)
+    return ExportReport(path, path.stat().st_size, random_difference, image_difference, count)
+
+
+def check_writable(path: Path) -> None:
+    """ExportError unless a file can be created at `path` (before minutes are spent exporting)."""
+    if path.is_dir():
+        raise ExportError(f"{path}: is a directory; give a file name ending in {' or '.join(EXPORT_FORMATS)}")
+    folder = path.parent
+    if not folder.is_dir():
+        reason = "is a file, not a directory" if folder.exists() else "no such directory"
+        raise ExportError(f"{path}: cannot write there: {folder} {reason}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"{path}: cannot write there: no permission to create files in {folder}")
+
+
+def require_onnx(path: Path, export: bool) -> None:
+    """ExportError naming what to install when an ONNX package is missing (imported only for ONNX)."""
+    packages = ["onnx", "onnxscript", "onnxruntime"] if export else ["onnxruntime"]
+    for package in packages:
+        try:
+            __import__(package)
+        except ImportError:
+            needs = ONNX_PACKAGES if export else "onnxruntime"
+            raise ExportError(
+                f"{path}: {'writing' if export else 'running'} ONNX files needs the {package} package, which is not "
+                f"installed: pip install {needs} (or pip install -r requirements.txt)"
+            ) from None
+
+
+def input_shape(preprocess: EvalPreset) -> tuple[int, int, int]:
+    return preprocess.in_channels, preprocess.image_size, preprocess.image_size
+
+
+def export_metadata(model: AlexNet, meta: dict) -> str:
+    """The JSON that travels with the exported file: what inference needs to preprocess and name classes."""
+    preprocess = meta["preprocess"]
+    return json.dumps(
+        {
+            "format": METADATA_FORMAT,
+            "classes": list(meta["classes"]),
+            "preprocess": asdict(preprocess),
+            "model_config": model.config,
+            "input": {"name": "images", "shape": ["batch", *input_shape(preprocess)], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", len(meta["classes"])]},
+        }
+    )
+
+
+def dynamic_batch() -> dict:
+    """The dynamic_shapes argument of both exporters: dimension 0 of `images` is any batch size."""
+    return {"images": {0: torch.export.Dim("batch", min=1)}}
+
+
+def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path, path: Path) -> None:
+    """Export `network` to `tmp` in `path`'s format; every failure one ExportError naming `path`."""
+    suffix = path.suffix.lower()
+    try:
+        with torch.no_grad():
+            (write_onnx if suffix == ".onnx" else write_pt2)(network, example, metadata, tmp)
+    except OSError as error:
+        raise ExportError(f"{path}: cannot write the file ({error.strerror or error})") from None
+    except Exception as error:  # the exporters raise many types; one line is what the user needs
+        exporter = "torch.onnx.export" if suffix == ".onnx" else "torch.export"
+        raise ExportError(f"{path}: {exporter} failed ({type(error).__name__}: {first_sentence(str(error))})") from None
+
+
+def write_pt2(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
+    """torch.export the network with a dynamic batch and save it, the metadata as an extra file."""
+    program = torch.export.export(network, (example,), dynamic_shapes=dynamic_batch())
+    with open(tmp, "wb") as file:  # a file object: torch.export.save would warn about the temporary name
+        torch.export.save(program, file, extra_files={f"{METADATA_KEY}.json": metadata})
+
+
+def write_onnx(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
+    """torch.onnx.export (the torch.export-based exporter) with a dynamic batch, the metadata in metadata_props."""
+    program = torch.onnx.export(
+        network,
+        (example,),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=dynamic_batch(),
+        dynamo=True,
+        verbose=False,
+    )
+    program.model.metadata_props[METADATA_KEY] = metadata
+    program.save(str(tmp))
+
+
+# ----------------------------------------------------------------------------------------------
+# The parity check.
+
+
+def parity(model: AlexNet, meta: dict, file: Path, images: list[torch.Tensor]) -> tuple[float, float, int]:
+    """Largest |logit difference| between the exported `file` (read back as inference reads it) and
+    `model`, on random inputs and on images -> (random, images, how many inputs were compared)."""
+    network, _ = load_exported(file)
+    random, pictures = parity_inputs(meta["preprocess"], images)
+    differences = [largest_difference(model, network, inputs) for inputs in (random, pictures)]
+    return differences[0], differences[1], 2 + len(random) + len(pictures)
+
+
+def parity_inputs(preprocess: EvalPreset, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised model inputs (N, C, S, S): random normal ones, and rendered shapes (real-looking:
+    gradients, edges, noise) with `images` (uint8 (C, H, W)), preprocessed by eval_transform."""
+    generator = torch.Generator().manual_seed(0)
+    random = torch.randn(PARITY_BATCH, *input_shape(preprocess), generator=generator)
+    rendered, _ = make_shapes(PARITY_BATCH, image_size=max(preprocess.resize_size, 67), seed=0)
+    if preprocess.in_channels == 1:
+        rendered = rendered.float().mean(dim=1, keepdim=True).round().to(torch.uint8)
+    pictures = [eval_transform(image, preprocess) for image in [*rendered, *images]]
+    return random, torch.stack(pictures)
+
+
+def largest_difference(model: AlexNet, network: nn.Module, inputs: torch.Tensor) -> float:
+    """max |logit difference| over a batch of one and the whole batch (the exported batch is dynamic,
+    and the checkpoint's AlexNet takes another path for larger batches: both are compared)."""
+    with torch.no_grad():
+        differences = [
+            (network(batch).float() - reference_logits(model, batch)).abs().max() for batch in (inputs[:1], inputs)
+        ]
+    return torch.stack(differences).max().item()  # NaN if either is NaN
+
+
+def reference_logits(model: AlexNet, inputs: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's logits, as inference computes them (AlexNet.forward, in eval mode)."""
+    return model(inputs).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading an exported file back.
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """An exported file as (network, meta), like checkpoints.load_checkpoint: the network maps
+    (B, C, S, S) to logits; meta holds "classes" and "preprocess" (an EvalPreset), from its metadata.
+
+    .onnx files run on ONNX Runtime's CPU provider (whatever `device`). Raises ExportError, one line
+    naming the path, for a missing or empty file, an unknown extension, a file the runtime cannot
+    load, a missing onnxruntime, or metadata that is not what export_model writes.
+    """
+    path = Path(path)
+    suffix = export_format(path)
+    check_readable(path)
+    network, metadata = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
+    return network, meta_from_metadata(metadata, path)
+
+
+def check_readable(path: Path) -> None:
+    if not path.exists():
+        raise ExportError(f"{path}: no such file")
+    if path.is_dir():
+        raise ExportError(f"{path}: is a directory, not an exported network")
+    if path.stat().st_size == 0:
+        raise ExportError(f"{path}: empty file (0 bytes); was it written or copied completely?")
+
+
+def load_onnx(path: Path) -> tuple[nn.Module, str | None]:
+    require_onnx(path, export=False)
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch
+    options.log_severity_level = 3  # errors only
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types: InvalidProtobuf, Fail, ...
+        reason = first_sentence(str(error).split(" : ")[-1].split("failed:")[-1])  # without the path again
+        raise ExportError(f"{path}: not an ONNX model that ONNX Runtime can load ({reason})") from None
+    return OnnxRuntimeModel(session), session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
+
+def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | None]:
+    extra_files = {f"{METADATA_KEY}.json": ""}
+    logger = logging.getLogger("torch.export")  # which logs a traceback before raising on a bad file
+    level = logger.level
+    try:
+        logger.setLevel(logging.ERROR)
+        program = torch.export.load(path, extra_files=extra_files)
+    except Exception as error:  # a zip archive of something else, not a zip archive, truncated, ...
+        reason = f"{type(error).__name__}: {first_sentence(str(error))}"
+        raise ExportError(f"{path}: not a .pt2 file that torch.export.load can read ({reason})") from None
+    finally:
+        logger.setLevel(level)
+    return program.module().to(device), extra_files[f"{METADATA_KEY}.json"] or None
+
+
+def meta_from_metadata(metadata: str | bytes | None, path: Path) -> dict:
+    """The "classes" and "preprocess" (EvalPreset) of an exported file's JSON metadata."""
+    if not metadata:
+        raise ExportError(
+            f"{path}: has no {METADATA_KEY!r} metadata (the class names and preprocessing): not a file "
+            "written by inference.py --export"
+        )
+    try:
+        data = json.loads(metadata)
+        preprocess = EvalPreset(**{field.name: data["preprocess"][field.name] for field in fields(EvalPreset)})
+        classes = [str(name) for name in data["classes"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExportError(
+            f"{path}: its {METADATA_KEY!r} metadata is not what inference.py --export writes "
+            f"({type(error).__name__}: {first_sentence(str(error))})"
+        ) from None
+    return {"classes": classes, "preprocess": preprocess}
