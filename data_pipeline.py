@@ -301,8 +301,11 @@ def make_presets(config: DataConfig, image_size: int, train_images: torch.Tensor
     small = store_size < resize_size
     # Evaluation: small images are upscaled whole; photos are resized to R and centre-cropped.
     preprocess = EvalPreset(image_size, image_size if small else resize_size, mean, std, channels)
+    # The shapes are drawn whole inside their images, and the 12,000 of them are all different: a
+    # crop would cut shapes off (training top-1 then stays below validation's), so "auto" only flips.
+    augment = "none" if config.augment == "auto" and config.source == "shapes" else config.augment
     augment = train_preset(
-        config.augment,
+        augment,
         small=store_size < image_size,
         # pad-and-crop: CIFAR's 4 px of padding on 32 px; none for the centred shapes
         crop_padding=store_size // 8 if config.source != "shapes" else 0,

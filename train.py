@@ -19,7 +19,10 @@ predictions.png, confusion.png) and, for in-memory datasets, a few validation im
 samples/ to try inference.py on. Ctrl-C (or SIGTERM) saves a resumable checkpoint and stops.
 
 Data that fits in memory (everything but ImageNet-sized folders) is decoded once, kept on the
-training device as uint8 and augmented there a batch at a time: see data_pipeline.py.
+training device as uint8 and augmented there a batch at a time. Read main() first: each step it
+calls is below it, and the work is done by the library modules (data_pipeline.py and folders.py
+for data, presets.py for preprocessing, engine.py for the step and evaluation, schedule.py,
+checkpoints.py, run_log.py for what a run writes).
 """
 
 import argparse
@@ -217,11 +220,13 @@ def add_model_flags(group: argparse._ArgumentGroup) -> None:
 
 
 def add_optimisation_flags(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--epochs", type=int, default=8, help="number of epochs")
+    # PAPER: batch 128 there (--recipe paper). The default of 64 takes twice the steps for the same
+    # images, which is what gets the built-in data to 95% in under 5 minutes on 2 CPU cores.
+    group.add_argument("--epochs", type=int, default=6, help="number of epochs")
     group.add_argument(
         "--batch-size",
         type=int,
-        default=128,
+        default=64,
         help="images per step per process (with torchrun the global batch is this times the number of processes)",
     )
     group.add_argument("--lr", type=float, default=0.01, help="peak learning rate")
@@ -237,7 +242,7 @@ def add_optimisation_flags(group: argparse._ArgumentGroup) -> None:
         "plateau: divide by 10 when validation top-1 stops improving (the paper)",
     )
     group.add_argument(
-        "--lr-step", type=int, default=6, help="step schedule: multiply the lr by --lr-gamma every this many epochs"
+        "--lr-step", type=int, default=5, help="step schedule: multiply the lr by --lr-gamma every this many epochs"
     )
     group.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule: StepLR factor")
     group.add_argument(

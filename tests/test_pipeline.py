@@ -419,3 +419,12 @@ def test_evaluate_averages_the_probabilities_of_ten_crops() -> None:
     assert result["top1"] == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
     expected = torch.bincount(labels * 3 + probabilities.argmax(1), minlength=9).view(3, 3)
     assert torch.equal(result["confusion"], expected)
+
+
+def test_auto_augmentation_follows_the_data() -> None:
+    shapes = preset("auto", "shapes", 67, 67, MEAN, STD)  # whole shapes in fresh images: flips only
+    assert shapes.kind == "none" and shapes.flip
+    cifar = preset("auto", "cifar10", 32, 67, MEAN, STD)  # small images: pad 4 and crop
+    assert cifar.kind == "crop" and cifar.crop_padding == 4 and cifar.flip
+    assert preset("auto", "folder", 256, 224, MEAN, STD).kind == "resized-crop"  # photos
+    assert not preset("auto", "mnist", 28, 67, [0.5], [0.25]).flip  # a mirrored digit is another glyph
