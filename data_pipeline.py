@@ -65,7 +65,7 @@ class DataConfig:
     download: bool = False  # fetch a missing torchvision dataset (needs network)
     image_size: int | None = None  # the model's input side; None: DEFAULT_IMAGE_SIZE
     in_channels: int | None = None  # 1 or 3; None: the dataset's own
-    train_size: int = 12000  # built-in shapes: number of training images
+    train_size: int = 10000  # built-in shapes: number of training images
     val_size: int = 2000  # built-in shapes: number of validation images
     augment: str = "auto"  # one of presets.AUGMENTATIONS
     lighting: float = 0.0  # std of the paper's PCA lighting noise (0 = off)
@@ -301,7 +301,7 @@ def make_presets(config: DataConfig, image_size: int, train_images: torch.Tensor
     small = store_size < resize_size
     # Evaluation: small images are upscaled whole; photos are resized to R and centre-cropped.
     preprocess = EvalPreset(image_size, image_size if small else resize_size, mean, std, channels)
-    # The shapes are drawn whole inside their images, and the 12,000 of them are all different: a
+    # The shapes are drawn whole inside their images, and the 10,000 of them are all different: a
     # crop would cut shapes off (training top-1 then stays below validation's), so "auto" only flips.
     augment = "none" if config.augment == "auto" and config.source == "shapes" else config.augment
     augment = train_preset(

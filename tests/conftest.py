@@ -1,8 +1,11 @@
 """Shared test setup: the repository root on sys.path, small thread counts, deterministic seeds."""
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from alexnet import AlexNet  # noqa: E402  (after the path is set)
+from checkpoints import load_checkpoint  # noqa: E402
+from presets import EvalPreset  # noqa: E402
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
@@ -64,3 +72,49 @@ def gpus() -> list:
 def devices() -> list:
     """The CPU and every accelerator (see gpus)."""
     return ["cpu", *gpus()]
+
+
+def save_checkpoint_file(path: Path, model: torch.nn.Module, classes: list[str], preprocess: dict) -> Path:
+    """A train.py-style checkpoint with what inference needs: weights, model_config, classes, preprocess."""
+    checkpoint = {
+        "model": model.state_dict(),
+        "model_config": model.config,
+        "classes": classes,
+        "preprocess": preprocess,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+# A tiny model's checkpoint, shared by the inference and export tests. resize_size - image_size is
+# even, so that the centre crop sits exactly in the middle.
+CHECKPOINT_CLASSES = ["a", "b", "c"]
+CHECKPOINT_PRESET = EvalPreset(image_size=67, resize_size=77, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3], in_channels=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A train.py-style checkpoint of a 3-class AlexNet (the keys inference needs)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
+    model = AlexNet(num_classes=len(CHECKPOINT_CLASSES))
+    yield save_checkpoint_file(path, model, CHECKPOINT_CLASSES, asdict(CHECKPOINT_PRESET))
+    shutil.rmtree(path.parent)
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint_file: Path) -> tuple[AlexNet, dict]:
+    return load_checkpoint(checkpoint_file)
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """inference.main(args) in this process: exit status, stdout, stderr."""
+    import inference
+
+    try:
+        inference.main(list(args))
+        status = 0
+    except SystemExit as exit:
+        status = exit.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err

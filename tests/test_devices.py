@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, SCRIPT_ENV, devices, gpus, run
+from conftest import ROOT, SCRIPT_ENV, devices, gpus, run, save_checkpoint_file
 from PIL import Image
 
 from alexnet import AlexNet
@@ -99,8 +99,7 @@ def checkpoint_on(device: str, path: Path) -> AlexNet:
     torch.manual_seed(0)
     model = AlexNet(3).to(device)
     preprocess = {"image_size": 67, "resize_size": 77, "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
-    torch.save({"model": model.state_dict(), "model_config": model.config, "classes": ["a", "b", "c"],
-                "preprocess": preprocess}, path)  # fmt: skip
+    save_checkpoint_file(path, model, ["a", "b", "c"], preprocess)
     return model
 
 

@@ -19,48 +19,22 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import run
+from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, run, run_cli
 from onnx import TensorProto, helper
 from PIL import Image
 
 import export
 import inference
 from alexnet import AlexNet
-from checkpoints import load_checkpoint
 from engine import predict
 from errors import ExportError
 from export import export_model, load_exported
-from presets import EvalPreset, eval_transform
+from presets import eval_transform
 from shapes import make_shapes
 
-CLASSES = ["a", "b", "c"]
-PREPROCESS = EvalPreset(image_size=67, resize_size=77, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3], in_channels=3)
+CLASSES, PREPROCESS = CHECKPOINT_CLASSES, CHECKPOINT_PRESET
 FORMATS = [".onnx", ".pt2"]
 SUCCESS = re.compile(r"^wrote (\S+) \(([\d.]+) MB\): its logits are within ([\d.e+-]+) of the checkpoint's")
-
-
-@pytest.fixture(scope="module")
-def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A train.py-style checkpoint of a 3-class AlexNet (the keys inference needs)."""
-    torch.manual_seed(0)
-    model = AlexNet(num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "model_config": model.config,
-            "classes": CLASSES,
-            "preprocess": asdict(PREPROCESS),
-        },
-        path,
-    )
-    yield path
-    shutil.rmtree(path.parent)
-
-
-@pytest.fixture(scope="module")
-def loaded(checkpoint_file: Path) -> tuple[AlexNet, dict]:
-    return load_checkpoint(checkpoint_file)
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +64,6 @@ def exported(
         files[suffix] = (path, out.getvalue())
     yield files
     shutil.rmtree(folder)
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """inference.main(args) in this process: exit status, stdout, stderr."""
-    try:
-        inference.main(list(args))
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def logits(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ is a randomly initialised torchvision AlexNet written where torch.hub looks for 
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 
@@ -16,57 +16,18 @@ import pytest
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
-from conftest import png_size
+from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, png_size, run_cli
 from PIL import Image
 
-import inference
 from alexnet import AlexNet
-from checkpoints import load_checkpoint
 from engine import predict
 from errors import CheckpointError, DownloadError
 from image_files import load_image
 from presets import IMAGENET_PRESET, EvalPreset, eval_transform, ten_crop_transform
 from pretrained import imagenet_cache_path, imagenet_state_dict, load_imagenet_weights
 
-CLASSES = ["a", "b", "c"]
-# resize_size - image_size is even, so that the centre crop sits exactly in the middle.
-PREPROCESS = EvalPreset(image_size=67, resize_size=77, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3], in_channels=3)
+CLASSES, PREPROCESS = CHECKPOINT_CLASSES, CHECKPOINT_PRESET
 WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"  # the file name in torchvision's IMAGENET1K_V1 URL
-
-
-@pytest.fixture(scope="module")
-def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A train.py-style checkpoint of a 3-class AlexNet (the keys inference needs)."""
-    torch.manual_seed(0)
-    model = AlexNet(num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "model_config": model.config,
-            "classes": CLASSES,
-            "preprocess": asdict(PREPROCESS),
-        },
-        path,
-    )
-    yield path
-    shutil.rmtree(path.parent)
-
-
-@pytest.fixture(scope="module")
-def loaded(checkpoint_file: Path) -> tuple[AlexNet, dict]:
-    return load_checkpoint(checkpoint_file)
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """inference.main(args) in this process: exit status, stdout, stderr."""
-    try:
-        inference.main(list(args))
-        status = 0
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def hand_cut_crops(image: torch.Tensor, preprocess: EvalPreset) -> torch.Tensor:
