@@ -15,9 +15,15 @@ The layouts `--dataset imagenet --data-root DIR` reads (see `list_imagenet`):
   laid out once into the class-folder layout by torchvision's own parsers, atomically.
 """
 
+import contextlib
 import csv
+import errno
+import os
 import re
+import shutil
+import tarfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,12 @@ MAPPING_FILE = "LOC_synset_mapping.txt"  # Kaggle's: "n01440764 tench, Tinca tin
 VAL_SOLUTION_FILE = "LOC_val_solution.csv"  # Kaggle's: "ImageId,PredictionString", the class first
 META_FILE = "meta.bin"  # torchvision's parsed devkit: torch.save((wnid_to_classes, val_wnids))
 KAGGLE_DATA = Path("ILSVRC") / "Data" / "CLS-LOC"
+# The official archives (image-net.org), as torchvision.datasets.ImageNet reads them.
+ARCHIVES = {
+    "devkit": "ILSVRC2012_devkit_t12.tar.gz",
+    "train": "ILSVRC2012_img_train.tar",
+    "val": "ILSVRC2012_img_val.tar",
+}
 # ILSVRC-2012's 1000 classes in their usual order (sorted ids: the order of torchvision's weights).
 WNIDS_FILE = Path(__file__).resolve().parent / "imagenet_wnids.txt"
 # torchvision names each class by the first word of its synset, except for the two pairs of synsets
@@ -169,6 +181,8 @@ def list_imagenet(root: Path, setting: str) -> Listing:
         raise DataError(f"{root}: no such folder; {EXPECTED}", setting)
     if (root / KAGGLE_DATA).is_dir() or (root / VAL_SOLUTION_FILE).is_file():
         return list_kaggle(root, setting)
+    if any((root / name).is_file() for name in ARCHIVES.values()):
+        lay_out_archives(root, setting)
     if (root / "train").is_dir() or (root / "val").is_dir():
         check_laid_out(root, setting)
         return list_class_folders(root, setting)
@@ -272,3 +286,101 @@ def kaggle_val(root: Path, val_dir: Path, labels: dict[str, int], setting: str) 
             setting,
         )
     return [samples[image] for image in sorted(samples)], hidden
+
+
+# --- The official archives, laid out once by torchvision's own parsers ---------------------------
+
+
+def lay_out_archives(root: Path, setting: str) -> None:
+    """Lay out what is missing of root/meta.bin, root/train/<wnid>/ and root/val/<wnid>/ from the
+    official archives beside them, with torchvision.datasets.ImageNet's parsers (which also check
+    the archives' MD5 sums), each atomically: a split is unpacked into a hidden .<split>.partial/
+    folder and renamed into place only once complete, so an interrupted run leaves no half-built
+    train/ or val/ that a later run would take as complete (the later run starts that split again)."""
+    wanted = [split for split in ("train", "val") if not (root / split).is_dir()]
+    if not (root / META_FILE).is_file() and ("val" in wanted or (root / ARCHIVES["devkit"]).is_file()):
+        wanted.insert(0, "devkit")  # the val images' classes (and everyone's names) are in the devkit
+    missing = [kind for kind in wanted if not (root / ARCHIVES[kind]).is_file()]
+    if missing:
+        made = META_FILE if missing[0] == "devkit" else f"{missing[0]}/"
+        raise DataError(
+            f"{root / ARCHIVES[missing[0]]}: no such file, and no {made} laid out from it; "
+            "download it from image-net.org into this folder",
+            setting,
+        )
+    if "devkit" in wanted:
+        print(f"Parsing {root / ARCHIVES['devkit']} into {root / META_FILE} (once)")
+        parse_devkit(root, setting)
+    val_wnids = read_meta_bin(root / META_FILE, setting)[1] if "val" in wanted else []
+    for split in ("train", "val"):
+        if split in wanted:
+            print(f"Laying out {root / ARCHIVES[split]} into {root / split}/<wnid>/ (once; see README for the time)")
+            lay_out_split(root, split, val_wnids, setting)
+
+
+def parse_devkit(root: Path, setting: str) -> None:
+    """torchvision's parse_devkit_archive, into a scratch folder, its meta.bin then renamed into place."""
+    from torchvision.datasets import imagenet as tv_imagenet
+
+    archive, scratch = root / ARCHIVES["devkit"], root / ".devkit.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        with archive_errors(archive, setting):
+            tv_imagenet.parse_devkit_archive(str(scratch), file=str(archive.resolve()))
+        os.replace(scratch / META_FILE, root / META_FILE)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def lay_out_split(root: Path, split: str, val_wnids: list[str], setting: str) -> None:
+    """A split's archive unpacked by torchvision into root/.<split>.partial/<wnid>/, checked, moved to root/<split>."""
+    from torchvision.datasets import imagenet as tv_imagenet
+
+    archive, partial = root / ARCHIVES[split], root / f".{split}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted run left
+    with archive_errors(archive, setting):
+        if split == "train":
+            tv_imagenet.parse_train_archive(str(root), folder=partial.name)
+        else:
+            tv_imagenet.parse_val_archive(str(root), wnids=val_wnids, folder=partial.name)
+    loose = [p.name for p in partial.iterdir() if not p.is_dir()]
+    count = sum(1 for p in partial.rglob("*") if p.is_file())
+    if loose or (split == "val" and count != len(val_wnids)):
+        shutil.rmtree(partial, ignore_errors=True)
+        found = f"{loose[0]} is not in a class folder" if loose else f"{count} images, not {len(val_wnids)}"
+        raise DataError(
+            f"{archive}: does not fit {root / META_FILE} ({found}); download the archive (and the devkit) again",
+            setting,
+        )
+    os.replace(partial, root / split)
+
+
+@contextlib.contextmanager
+def archive_errors(archive: Path, setting: str) -> Iterator[None]:
+    """What torchvision's parsers raise on a bad archive, as one DataError naming the archive. An
+    interruption (KeyboardInterrupt) goes on: the .partial folder it leaves is cleared next time."""
+    try:
+        yield
+    except ImportError as error:
+        raise DataError(f"{archive}: reading the devkit needs SciPy ({error}); pip install scipy", setting) from None
+    except RuntimeError as error:
+        if "is not present in the root directory or is corrupted" not in str(error):
+            raise DataError(
+                f"{archive}: not the official archive ({first_line(error)}); download it again", setting
+            ) from None
+        reason = "its MD5 sum is not the official one (an incomplete or damaged download?); download it again"
+        raise DataError(f"{archive}: {reason}", setting) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise DataError(f"{archive}: truncated, damaged or not the official archive ({first_line(error)}); "
+                            "download it again", setting) from None  # fmt: skip
+        reason = f"cannot lay it out beside itself ({error.strerror}); see the README for the disk space it needs"
+        raise DataError(f"{archive}: {reason}", setting) from None
+    except (tarfile.TarError, EOFError, ValueError, KeyError) as error:  # tarfile, gzip, scipy, the devkit
+        reason = f"truncated, damaged or not the official archive ({type(error).__name__}: {first_line(error)})"
+        raise DataError(f"{archive}: {reason}; download it again", setting) from None
+
+
+def first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -3,13 +3,16 @@ mapping beside them, checkpoints that keep ids and names, inference that prints 
 layout (Kaggle's, torchvision's parsed root, the official archives) written as a tiny fake in its
 real format, with every bad input one line naming the file."""
 
+import io
 import json
 import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 from conftest import run
 from PIL import Image
@@ -323,3 +326,182 @@ def test_train_on_kaggle_layout_then_inference_prints_names_and_bad_input_is_one
     lines = failed.stderr.strip().splitlines()
     assert failed.returncode != 0 and len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert lines[0].startswith(f"error: --data-root {root}: ") and VAL_SOLUTION_FILE in lines[0]
+
+
+# --- The official archives, through torchvision's parsers; the root they leave --------------------
+
+
+def tar_of(path: Path, members: dict[str, bytes]) -> Path:
+    """A tar archive (gzipped for .tar.gz) holding `members` {name: bytes}."""
+    with tarfile.open(path, "w:gz" if path.name.endswith(".gz") else "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def jpeg_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def write_archives(root: Path, wnids: list[str], train: int = 2, val: int = 2) -> list[str]:
+    """The three official archives in their real formats -> the wnid of each validation image:
+    a train tar of per-class tars, a flat val tar, and a devkit whose data/meta.mat lists the
+    synsets (a non-leaf one among them, as in the real one) and whose ground truth file gives the
+    ILSVRC2012_ID of each validation image in file order."""
+    root.mkdir(parents=True, exist_ok=True)
+    classes = {wnid: tar_of(root / f"{wnid}.tar", {f"{wnid}_{i}.JPEG": jpeg_bytes(i) for i in range(train)})
+               for wnid in wnids}  # fmt: skip
+    tar_of(root / "ILSVRC2012_img_train.tar", {path.name: path.read_bytes() for path in classes.values()})
+    for path in classes.values():
+        path.unlink()
+    val_wnids = [wnids[(i * 7) % len(wnids)] for i in range(val * len(wnids))]  # shuffled, as the real ones are
+    tar_of(
+        root / "ILSVRC2012_img_val.tar",
+        {f"ILSVRC2012_val_{i + 1:08d}.JPEG": jpeg_bytes(100 + i) for i in range(len(val_wnids))},
+    )
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "wordnet_height", "num_train_images"]
+    synsets = np.zeros((len(wnids) + 1, 1), dtype=[(name, "O") for name in fields])
+    for i, wnid in enumerate(wnids):
+        synsets[i, 0] = (i + 1, wnid, WORDS[wnid], "a gloss", 0, 0, train)
+    synsets[len(wnids), 0] = (len(wnids) + 1, "n00001740", "entity", "that which exists", len(wnids), 19, 0)
+    mat = io.BytesIO()
+    scipy.io.savemat(mat, {"synsets": synsets})
+    truth = "".join(f"{wnids.index(wnid) + 1}\n" for wnid in val_wnids).encode()
+    tar_of(root / "ILSVRC2012_devkit_t12.tar.gz", {"ILSVRC2012_devkit_t12/data/meta.mat": mat.getvalue(),
+           "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": truth})  # fmt: skip
+    return val_wnids
+
+
+@pytest.fixture
+def official_md5s_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision checks each archive's MD5 sum against the official one; the fakes' differ."""
+    import torchvision.datasets.imagenet as tv_imagenet
+
+    monkeypatch.setattr(tv_imagenet, "_verify_archive", lambda root, file, md5: None)
+
+
+def test_official_archives_are_laid_out_once_into_the_parsed_root(work: Path, official_md5s_pass: None) -> None:
+    root = work / "imagenet"
+    val_wnids = write_archives(root, ["n01440764", "n02111889"])
+    listing = list_imagenet(root, "data_root")
+    assert listing.classes == ["n01440764", "n02111889"] and listing.names == ["tench", "Samoyed"]
+    assert len(listing.train) == 4 and [label for _, label in listing.train] == [0, 0, 1, 1]
+    assert sorted(listing.classes[label] for _, label in listing.val) == sorted(val_wnids)
+    assert (root / "meta.bin").is_file() and not list(root.glob(".*.partial"))
+    stamp = (root / "train").stat().st_mtime_ns
+    assert list_imagenet(root, "data_root").val == listing.val and (root / "train").stat().st_mtime_ns == stamp
+    (root / "ILSVRC2012_img_train.tar").unlink()  # the parsed root alone: meta.bin, train/, val/
+    (root / "ILSVRC2012_img_val.tar").unlink()
+    (root / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    assert list_imagenet(root, "data_root").names == ["tench", "Samoyed"]
+
+
+def test_validation_images_land_in_the_class_the_devkit_gives(work: Path, official_md5s_pass: None) -> None:
+    root = work / "imagenet"
+    val_wnids = write_archives(root, ["n01440764", "n02111889", "n03126707"], val=1)
+    listing = list_imagenet(root, "data_root")
+    by_file = {path.name: listing.classes[label] for path, label in listing.val}
+    assert by_file == {f"ILSVRC2012_val_{i + 1:08d}.JPEG": wnid for i, wnid in enumerate(val_wnids)}
+
+
+def test_an_interrupted_first_run_is_never_taken_as_complete(
+    work: Path, official_md5s_pass: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets.imagenet as tv_imagenet
+
+    root = work / "imagenet"
+    write_archives(root, ["n01440764", "n02111889"])
+    original = tv_imagenet.extract_archive
+    calls = []
+
+    def interrupted(source, target=None, remove_finished=False):  # Ctrl-C after the first class's archive
+        calls.append(source)
+        if len(calls) == 4:  # devkit, the train tar, one class tar, then the second class tar
+            raise KeyboardInterrupt
+        return original(source, target, remove_finished)
+
+    monkeypatch.setattr(tv_imagenet, "extract_archive", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        list_imagenet(root, "data_root")
+    assert not (root / "train").exists() and (root / ".train.partial").is_dir()  # half-built, and hidden
+    monkeypatch.setattr(tv_imagenet, "extract_archive", original)
+    listing = list_imagenet(root, "data_root")  # starts the split again
+    assert len(listing.train) == 4 and len(listing.val) == 4 and not (root / ".train.partial").exists()
+
+
+def test_torchvisions_own_half_built_train_folder_is_refused(work: Path) -> None:
+    root = write_class_folders(work / "imagenet", ["n01440764", "n02111889"])
+    (root / "train" / "n02111889.tar").write_bytes(b"")  # torchvision was stopped before unpacking it
+    error = str(data_error(list_imagenet, root, "data_root"))
+    assert "n02111889.tar" in error and "delete" in error
+
+
+def break_archives(root: Path, mishap: str) -> str:
+    """Do `mishap` to the official archives -> what the error must name."""
+    if mishap.startswith("no "):
+        (root / mishap[3:]).unlink()
+        return mishap[3:]
+    if mishap == "truncated train tar":
+        path = root / "ILSVRC2012_img_train.tar"
+        path.write_bytes(path.read_bytes()[:3000])
+        return path.name
+    if mishap == "truncated devkit":
+        path = root / "ILSVRC2012_devkit_t12.tar.gz"
+        path.write_bytes(path.read_bytes()[:200])
+        return path.name
+    if mishap == "val tar with an image too few":
+        path = root / "ILSVRC2012_img_val.tar"
+        tar_of(path, {f"ILSVRC2012_val_{i + 1:08d}.JPEG": jpeg_bytes(i) for i in range(3)})
+        return path.name
+    raise AssertionError(mishap)
+
+
+@pytest.mark.parametrize(
+    "mishap",
+    [
+        "no ILSVRC2012_img_train.tar",
+        "no ILSVRC2012_img_val.tar",
+        "no ILSVRC2012_devkit_t12.tar.gz",
+        "truncated train tar",
+        "truncated devkit",
+        "val tar with an image too few",
+    ],
+)
+def test_a_bad_archive_is_one_error_naming_it_and_leaves_no_split_behind(
+    work: Path, official_md5s_pass: None, mishap: str
+) -> None:
+    root = work / "imagenet"
+    write_archives(root, ["n01440764", "n02111889"])
+    named = break_archives(root, mishap)
+    error = data_error(list_imagenet, root, "data_root")
+    assert error.setting == "data_root" and named in str(error) and "download" in str(error), str(error)
+    broken = {"truncated train tar": "train", "val tar with an image too few": "val"}.get(mishap)
+    assert broken is None or not (root / broken).exists()
+
+
+def test_the_md5_check_stays_on_for_real_runs(work: Path) -> None:
+    root = work / "imagenet"
+    write_archives(root, ["n01440764", "n02111889"])
+    error = str(data_error(list_imagenet, root, "data_root"))
+    assert "ILSVRC2012_devkit_t12.tar.gz" in error and "MD5" in error
+
+
+@pytest.mark.slow
+def test_train_on_the_official_archives_then_inference_prints_names(
+    work: Path, official_md5s_pass: None, capsys: pytest.CaptureFixture
+) -> None:
+    import train
+
+    root = work / "imagenet"
+    write_archives(root, ["n01440764", "n02111889"])
+    # In this process, not a subprocess: torchvision's MD5 check is patched here.
+    flags = ["--dataset", "imagenet", "--data-root", str(root), "--out-dir", str(work / "runs"), "--name", "archives"]
+    train.main([*flags, *TRAIN_FLAGS])
+    image = root / "val" / "n02111889" / sorted(p.name for p in (root / "val" / "n02111889").iterdir())[0]
+    capsys.readouterr()
+    status, out, _ = cli(capsys, str(image), "--checkpoint", str(work / "runs" / "archives" / "best.pt"))
+    assert status == 0 and "Samoyed (n02111889)" in out and "tench (n01440764)" in out, out
