@@ -259,6 +259,15 @@ def test_kaggle_layout_is_read_in_place_with_validation_labels_from_the_csv(work
     assert data.val.labels.tolist() == [0, 0, 1, 1]
 
 
+def test_kaggle_layout_streams_with_the_same_labels(work: Path) -> None:
+    root = write_kaggle(work / "kaggle", ["n01440764", "n02111889"])
+    data = load(work, dataset="imagenet", data_root=str(root), loader="stream")
+    labels = torch.cat([labels for _, labels in data.val.batches()])
+    assert labels.tolist() == [0, 0, 1, 1] and data.class_names == ["tench", "Samoyed"]
+    images, _ = next(data.train.batches(seed=0))
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 40, 40)
+
+
 def break_kaggle(root: Path, mishap: str) -> str:
     """Do `mishap` to a Kaggle download -> the file the error must name."""
     data = root / "ILSVRC" / "Data" / "CLS-LOC"
@@ -317,7 +326,10 @@ def test_no_imagenet_at_all_says_what_is_expected(work: Path) -> None:
 @pytest.mark.slow
 def test_train_on_kaggle_layout_then_inference_prints_names_and_bad_input_is_one_line(work: Path) -> None:
     root = write_kaggle(work / "kaggle", ["n01440764", "n02111889"])
-    run("train.py", "--dataset", "imagenet", "--data-root", str(root), *TRAIN_FLAGS, "--name", "kaggle", cwd=work)
+    paper = ["--recipe", "paper", "--name", "kaggle"]  # the paper's network, crops and lighting, cut short
+    run("train.py", "--dataset", "imagenet", "--data-root", str(root), *paper, *TRAIN_FLAGS, cwd=work)
+    checkpoint = torch.load(work / "runs" / "kaggle" / "best.pt", weights_only=True, mmap=True)
+    assert checkpoint["model_config"]["lrn"] and checkpoint["args"]["lighting"] == 0.1  # --recipe paper applied
     image = root / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000003.JPEG"
     result = run("inference.py", str(image), "--checkpoint", str(work / "runs" / "kaggle" / "best.pt"), cwd=work)
     assert "Samoyed (n02111889)" in result.stdout, result.stdout
