@@ -1,9 +1,10 @@
-"""Train AlexNet on the built-in shapes dataset, MNIST, Fashion-MNIST, CIFAR or an image folder.
+"""Train AlexNet on the built-in shapes dataset, MNIST, Fashion-MNIST, CIFAR, ImageNet or an image folder.
 
 Examples:
     python train.py                                      # built-in shapes, offline, ~5 min on 2 CPU cores
     python train.py --dataset mnist --download           # torchvision datasets live under data/
-    python train.py --data /path/to/imagenet --recipe paper   # the paper's network and recipe
+    python train.py --dataset imagenet --data-root DIR --recipe paper   # the paper's network and recipe on
+                                 # ImageNet as downloaded: Kaggle's, the official archives, or train/ val/
     python train.py --data ../shared/data/cifar10 --image-size 67 --batch-size 256 --epochs 14 \\
         --lr 0.02 --nesterov --schedule onecycle --warmup-steps 195 --label-smoothing 0.1
                                                          # CIFAR-10 to 77% in 27 min on 2 CPU cores
@@ -993,7 +994,7 @@ def checkpoint_state(run: Run, epoch: int, partial: dict | None = None) -> dict:
     return {
         "model": run.model.state_dict(),
         "model_config": run.model.config,
-        "classes": run.data.classes,  # ids: what --evaluate and --resume check the data against
+        "classes": run.data.classes,  # ids: what --evaluate checks the data against
         "class_names": run.data.class_names,  # what inference prints, where the ids are not names (ImageNet)
         "preprocess": asdict(run.data.preprocess),
         "optimizer": run.optimizer.state_dict(),
