@@ -28,7 +28,9 @@ from presets import EvalPreset
 CHECKPOINT_KEYS = ("model", "model_config", "classes", "preprocess")
 PREPROCESS_KEYS = tuple(field.name for field in fields(EvalPreset))
 # What best.pt keeps of a checkpoint (last.pt has everything, for --resume).
-INFERENCE_KEYS = ("model", "model_config", "classes", "preprocess", "epoch", "best_top1", "world_size", "args")
+INFERENCE_KEYS = (
+    "model", "model_config", "classes", "class_names", "preprocess", "epoch", "best_top1", "world_size", "args"
+)  # fmt: skip
 
 
 def save_atomically(obj: dict, path: Path) -> None:
@@ -53,7 +55,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[AlexNet, dict]:
     """Rebuild the model of a train.py checkpoint, in eval mode on `device`.
 
-    Returns (model, meta) where meta holds "classes" and "preprocess" (an EvalPreset).
+    Returns (model, meta) where meta holds "classes" (what predict names classes by: the names
+    people read), "preprocess" (an EvalPreset) and, where the class ids are not those names (e.g.
+    ImageNet's WordNet ids), "ids".
     Checkpoints are loaded with weights_only=True: they hold tensors and plain Python data only;
     anything else is refused unread, since unpickling it could run arbitrary code.
     Raises CheckpointError, with a one-line message naming the path, for a file that is missing,
@@ -64,7 +68,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = AlexNet(**checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])  # cannot fail after the checks
     model.to(device).eval()
-    return model, {"classes": list(checkpoint["classes"]), "preprocess": eval_preset(checkpoint)}
+    return model, {**class_meta(checkpoint), "preprocess": eval_preset(checkpoint)}
+
+
+def class_meta(checkpoint: dict) -> dict:
+    """{"classes": the names to print, "ids": the ids behind them (only where they differ)}. A
+    checkpoint keeps the class ids (folder names, e.g. "n02111889") as "classes", which data is
+    checked against, and, since ImageNet-style ids say little to people, their readable names as
+    "class_names" (None, or absent in checkpoints written before it existed, when the ids are the names)."""
+    names = checkpoint.get("class_names")
+    if names is None:
+        return {"classes": list(checkpoint["classes"])}
+    return {"classes": list(names), "ids": list(checkpoint["classes"])}
 
 
 def eval_preset(checkpoint: dict) -> EvalPreset:
@@ -169,6 +184,11 @@ def check_classes_and_preprocess(checkpoint: dict, model: AlexNet, path: Path) -
     if not isinstance(classes, (list, tuple)) or len(classes) != num_classes:
         count = len(classes) if isinstance(classes, (list, tuple)) else type(classes).__name__
         raise CheckpointError(f"{path}: has {count} class names but its model has {num_classes} outputs")
+    names = checkpoint.get("class_names")
+    if names is not None and (
+        not isinstance(names, (list, tuple)) or len(names) != len(classes) or not all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(f"{path}: its class_names are not {len(classes)} strings, one per class")
     if checkpoint["preprocess"]["in_channels"] != model.config["in_channels"]:
         raise CheckpointError(
             f"{path}: preprocess.in_channels is {checkpoint['preprocess']['in_channels']} "

@@ -35,22 +35,22 @@ from folders import (
     check_bad_files,
     check_samples,
     collate_readable,
-    folder_classes,
-    folder_samples,
     ignore_ctrl_c,
     report_left_out,
     store_size_for,
     train_files_sample,
 )
+from imagenet import Listing, list_class_folders, list_imagenet
 from presets import EvalPreset, TrainPreset, channel_stats, pca_lighting_stats, train_preset
 from shapes import CLASSES as SHAPE_CLASSES
 from shapes import make_shapes
 
-DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100")
+DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet")
 # Default input size per dataset. Small images are upscaled so that AlexNet's stride-4 conv1 and
 # three max-pools have something to work on; 67 is the smallest size the network accepts and keeps
 # CPU training fast. GPU users may prefer --image-size 227 (the paper's arithmetic) for CIFAR.
-DEFAULT_IMAGE_SIZE = {"shapes": 67, "mnist": 67, "fashion-mnist": 67, "cifar10": 67, "cifar100": 67, "folder": 224}
+DEFAULT_IMAGE_SIZE = {"shapes": 67, "mnist": 67, "fashion-mnist": 67, "cifar10": 67, "cifar100": 67, "folder": 224,
+                      "imagenet": 224}  # fmt: skip
 LOADERS = ("auto", "memory", "stream")
 MEMORY_LIMIT_BYTES = 8 * 2**30  # image folders up to this size (as uint8) are held in memory
 
@@ -61,7 +61,7 @@ class DataConfig:
 
     dataset: str = "shapes"  # one of DATASETS; ignored when data_dir is given
     data_dir: str | None = None  # an image folder DIR/train/<class>/*, DIR/val/<class>/*
-    data_root: str = "data"  # where torchvision datasets and decoded-image caches live
+    data_root: str = "data"  # where torchvision datasets, ImageNet (any layout, see imagenet.py) and caches live
     download: bool = False  # fetch a missing torchvision dataset (needs network)
     image_size: int | None = None  # the model's input side; None: DEFAULT_IMAGE_SIZE
     in_channels: int | None = None  # 1 or 3; None: the dataset's own
@@ -91,6 +91,7 @@ class Data:
     classes: list[str]
     preprocess: EvalPreset  # evaluation preprocessing, stored in checkpoints
     augment: TrainPreset  # what train_transform does to a training batch
+    class_names: list[str] | None = None  # names people read, where `classes` are ids (ImageNet's WordNet ids)
 
 
 def shard_order(n: int, batch_size: int, train: bool, seed: int, rank: int, world_size: int) -> torch.Tensor:
@@ -217,18 +218,13 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
     """
     image_size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
     shard = {"rank": rank, "world_size": world_size}
-    if config.source == "folder":
-        root = Path(config.data_dir)
-        classes = folder_classes(root)
-        train_samples, train_hidden, train_other = folder_samples(root / "train", classes)
-        val_samples, val_hidden, val_other = folder_samples(root / "val", classes)
-        report_left_out(train_hidden + val_hidden, train_other + val_other)
-        check_samples(root, classes, train_samples, val_samples)
+    if config.source in ("folder", "imagenet"):
+        listing = list_dataset(config)
         channels = config.in_channels or 3
-        store_size = store_size_for(train_samples, round(image_size * 256 / 224))
-        stored_bytes = (len(train_samples) + len(val_samples)) * channels * store_size**2
+        store_size = store_size_for(listing.train, round(image_size * 256 / 224))
+        stored_bytes = (len(listing.train) + len(listing.val)) * channels * store_size**2
         if config.loader == "stream" or (config.loader == "auto" and stored_bytes > MEMORY_LIMIT_BYTES):
-            train_files = FolderFiles(train_samples, channels, store_size, fill=True)
+            train_files = FolderFiles(listing.train, channels, store_size, fill=True)
             preprocess, augment = make_presets(config, image_size, train_files_sample(train_files))
             streams = {
                 "workers": config.workers,
@@ -238,17 +234,17 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
                 "bad_files": set(),
             }  # unreadable files of both splits count against one limit
             train = Streaming(train_files, config.batch_size, True, **streams)
-            val = Streaming(FolderFiles(val_samples, channels, store_size), config.batch_size, False, **streams)
-            return Data(train, val, classes, preprocess, augment)
-        train_images, train_labels, val_images, val_labels = decode_folder_splits(
-            root, config, train_samples, val_samples, channels, store_size
-        )
+            val = Streaming(FolderFiles(listing.val, channels, store_size), config.batch_size, False, **streams)
+            return Data(train, val, listing.classes, preprocess, augment, listing.names)
+        train_images, train_labels, val_images, val_labels = decode_folder_splits(listing, config, channels, store_size)
+        classes, names = listing.classes, listing.names
     elif config.source == "shapes":
         train_images, train_labels = make_shapes(config.train_size, image_size, seed=config.seed)
         val_images, val_labels = make_shapes(config.val_size, image_size, seed=config.seed + 1_000_003)
-        classes = list(SHAPE_CLASSES)
+        classes, names = list(SHAPE_CLASSES), None
     else:
         train_images, train_labels, val_images, val_labels, classes = load_torchvision(config)
+        names = None
 
     if config.in_channels and config.in_channels != train_images.shape[1]:  # e.g. 3 for MNIST or 1 for CIFAR
         convert = (lambda x: x.expand(-1, 3, -1, -1)) if config.in_channels == 3 else TF.rgb_to_grayscale
@@ -256,7 +252,20 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
     preprocess, augment = make_presets(config, image_size, train_images)
     train = InMemory(train_images, train_labels, config.batch_size, True, device, **shard)
     val = InMemory(val_images, val_labels, config.batch_size, False, device, **shard)
-    return Data(train, val, classes, preprocess, augment)
+    return Data(train, val, classes, preprocess, augment, names)
+
+
+def list_dataset(config: DataConfig) -> Listing:
+    """The image files of an image folder (config.data_dir) or of ImageNet in any of its layouts
+    (config.data_root), checked, with what was left out reported."""
+    if config.source == "imagenet":
+        listing = list_imagenet(Path(config.data_root), "data_root")
+    else:
+        listing = list_class_folders(Path(config.data_dir), "data_dir")
+    report_left_out(listing.hidden, listing.other)
+    setting = "data_root" if config.source == "imagenet" else "data_dir"
+    check_samples(listing.train_dir.parent, listing.classes, listing.train, listing.val, setting)
+    return listing
 
 
 def stored_bytes(config: DataConfig) -> int:
@@ -271,14 +280,14 @@ def stored_bytes(config: DataConfig) -> int:
 
 
 def decode_folder_splits(
-    root: Path, config: DataConfig, train_samples: list, val_samples: list, channels: int, store_size: int
+    listing: Listing, config: DataConfig, channels: int, store_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Both splits of an image folder decoded (or read from the decode cache), unreadable files
     counted against config.max_bad_files -> train images, labels, val images, labels."""
     cache_dir = Path(config.data_root) / "cache"
     decode = {"channels": channels, "size": store_size, "workers": config.workers, "cache_dir": cache_dir}
-    train_images, train_labels, bad = cached_decode(root / "train", train_samples, **decode)
-    val_images, val_labels, bad_val = cached_decode(root / "val", val_samples, **decode)
+    train_images, train_labels, bad = cached_decode(listing.train_dir, listing.train, **decode)
+    val_images, val_labels, bad_val = cached_decode(listing.val_dir, listing.val, **decode)
     bad += bad_val
     check_bad_files(bad, config.max_bad_files)
     if bad:

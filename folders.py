@@ -23,15 +23,15 @@ from image_files import IMAGE_EXTENSIONS, open_image, pil_to_uint8
 CACHE_VERSION = 1  # bump when decode_for_store changes, so that old caches are not reused
 
 
-def folder_classes(root: Path) -> list[str]:
-    """The class names of an ImageNet-layout folder, checked: one DataError per problem."""
+def folder_classes(root: Path, setting: str = "data_dir") -> list[str]:
+    """The class names of an ImageNet-layout folder, checked: one DataError (for `setting`) per problem."""
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DataError(f"no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*", "data_dir")
+            raise DataError(f"no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*", setting)
     # Hidden folders (.ipynb_checkpoints, .git, ...) are never classes.
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>", "data_dir")
+        raise DataError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>", setting)
     extra = sorted(
         p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes and p.name[0] != "."
     )
@@ -39,7 +39,7 @@ def folder_classes(root: Path) -> list[str]:
         raise DataError(
             f"{root}/val/{extra[0]} is a class that {root}/train does not have; "
             "train and val need the same class folders",
-            "data_dir",
+            setting,
         )
     return classes
 
@@ -72,18 +72,18 @@ def report_left_out(hidden: list[Path], other: list[Path]) -> None:
               f"e.g. {other[0]}; rename any images among them to use them")  # fmt: skip
 
 
-def check_samples(root: Path, classes: list[str], train: list, val: list) -> None:
+def check_samples(root: Path, classes: list[str], train: list, val: list, setting: str = "data_dir") -> None:
     """DataError for a split without images or a class without training images; a warning for a
     class without validation images."""
     for split, samples in (("train", train), ("val", val)):
         if not samples:
             raise DataError(
                 f"no image files under {root}/{split}/<class>/ (extensions: {' '.join(sorted(IMAGE_EXTENSIONS))})",
-                "data_dir",
+                setting,
             )
     empty = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in train)]
     if empty:
-        raise DataError(f"{root}/train/{empty[0]} has no images; add some or remove the folder", "data_dir")
+        raise DataError(f"{root}/train/{empty[0]} has no images; add some or remove the folder", setting)
     missing = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in val)]
     if missing:
         print(f"warning: {root}/val has no images of class {', '.join(missing)}", file=sys.stderr)

@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     model, meta = load_model(parser, args)
-    if args.labels:
-        meta["classes"] = read_labels(parser, args.labels, len(meta["classes"]))
+    if args.labels:  # the user's names replace the checkpoint's, ids and all
+        meta["classes"], meta["ids"] = read_labels(parser, args.labels, len(meta["classes"])), None
 
     # Decode every file first: a bad file is reported and skipped, the others still classified.
     decoded, good, indices, problems, count = decode_inputs(args.images, meta["preprocess"].in_channels)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         results = (
             predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=args.tta) if decoded else []
         )
-        print_results(good, results, args.json)
+        print_results(good, results, args.json, class_ids(meta))
         unwritten = draw_plots(Path(args.plot), good, indices, decoded, results, several=count > 1) if args.plot else 0
         unwritten += write_output(Path(args.output), good, results, problems) if args.output else 0
     if problems:
@@ -273,14 +273,24 @@ def write_output(out: Path, paths: list[Path], results: list, problems: list) ->
     return 0
 
 
-def print_results(paths: list[Path], results: list, as_json: bool) -> None:
+def class_ids(meta: dict) -> dict[str, str]:
+    """{printed name: class id} where the names are not the ids (ImageNet: "Samoyed": "n02111889")."""
+    ids = meta.get("ids")
+    return dict(zip(meta["classes"], ids)) if ids else {}
+
+
+def print_results(paths: list[Path], results: list, as_json: bool, ids: dict[str, str] | None = None) -> None:
+    """Each image's top-k: the class name people read, with its id (ImageNet's WordNet id) where there is one."""
+    ids = ids or {}
     for path, top in zip(paths, results):
         if as_json:
-            print(json.dumps({"image": str(path), "predictions": [{"class": c, "probability": p} for c, p in top]}))
+            predictions = [{"class": c, **({"id": ids[c]} if c in ids else {}), "probability": p} for c, p in top]
+            print(json.dumps({"image": str(path), "predictions": predictions}))
         else:
             print(f"{path}:")
             for name, probability in top:
-                print(f"  {100 * probability:6.2f}%  {name}")
+                shown = name in ids and ids[name] not in name  # not twice: "crane (n03126707)" says it already
+                print(f"  {100 * probability:6.2f}%  {name}{f' ({ids[name]})' if shown else ''}")
 
 
 def draw_plots(out: Path, paths: list[Path], indices: list[int], images: list, results: list, several: bool) -> int:

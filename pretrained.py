@@ -18,6 +18,7 @@ import torch
 from alexnet import AlexNet
 from checkpoints import check_weights, checkpoint_error_reason
 from errors import CheckpointError, DownloadError, first_sentence
+from imagenet import imagenet_wnids
 from presets import IMAGENET_PRESET
 
 
@@ -83,9 +84,11 @@ def imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
 def load_imagenet_weights(device: str | torch.device = "cpu", progress: bool = True) -> tuple[AlexNet, dict]:
     """torchvision's pretrained AlexNet (IMAGENET1K_V1) in this repository's AlexNet, in eval mode
     on `device`, with meta like load_checkpoint's: ImageNet's 1000 class names as torchvision ships
-    them ("tench", "goldfish", ...) and IMAGENET_PRESET. Raises DownloadError or
+    them ("tench", "goldfish", ...), their WordNet ids ("n01440764", ...: the names a model trained
+    on ImageNet here carries too) and IMAGENET_PRESET. Raises DownloadError or
     CheckpointError as imagenet_state_dict does.
     """
     model = AlexNet.from_torchvision(imagenet_state_dict(progress))
-    meta = {"classes": list(imagenet_weights().meta["categories"]), "preprocess": replace(IMAGENET_PRESET)}
+    classes = list(imagenet_weights().meta["categories"])
+    meta = {"classes": classes, "ids": imagenet_wnids(), "preprocess": replace(IMAGENET_PRESET)}
     return model.to(device).eval(), meta

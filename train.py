@@ -1,9 +1,10 @@
-"""Train AlexNet on the built-in shapes dataset, MNIST, Fashion-MNIST, CIFAR or an image folder.
+"""Train AlexNet on the built-in shapes dataset, MNIST, Fashion-MNIST, CIFAR, ImageNet or an image folder.
 
 Examples:
     python train.py                                      # built-in shapes, offline, ~5 min on 2 CPU cores
     python train.py --dataset mnist --download           # torchvision datasets live under data/
-    python train.py --data /path/to/imagenet --recipe paper   # the paper's network and recipe
+    python train.py --dataset imagenet --data-root DIR --recipe paper   # the paper's network and recipe on
+                                 # ImageNet as downloaded: Kaggle's, the official archives, or train/ val/
     python train.py --data ../shared/data/cifar10 --image-size 67 --batch-size 256 --epochs 14 \\
         --lr 0.02 --nesterov --schedule onecycle --warmup-steps 195 --label-smoothing 0.1
                                                          # CIFAR-10 to 77% in 27 min on 2 CPU cores
@@ -150,7 +151,10 @@ def add_data_flags(group: argparse._ArgumentGroup) -> None:
         help="image folder in ImageNet layout: DIR/train/<class>/*, DIR/val/<class>/* (overrides --dataset)",
     )
     group.add_argument(
-        "--data-root", default="data", help="where torchvision datasets and decoded-image caches are stored"
+        "--data-root",
+        default="data",
+        help="where torchvision datasets and decoded-image caches are stored; --dataset imagenet: the folder holding "
+        "ImageNet (Kaggle's download, the official archives, or train/<wnid>/ and val/<wnid>/)",
     )
     group.add_argument(
         "--download", action="store_true", help="download the torchvision dataset if it is missing (needs network)"
@@ -995,7 +999,8 @@ def checkpoint_state(run: Run, epoch: int, partial: dict | None = None) -> dict:
     return {
         "model": run.model.state_dict(),
         "model_config": run.model.config,
-        "classes": run.data.classes,
+        "classes": run.data.classes,  # ids: what --evaluate checks the data against
+        "class_names": run.data.class_names,  # what inference prints, where the ids are not names (ImageNet)
         "preprocess": asdict(run.data.preprocess),
         "optimizer": run.optimizer.state_dict(),
         "schedule": run.schedule.state_dict(),
@@ -1017,8 +1022,9 @@ def save_pictures(run: Run, val: dict) -> None:
     plot_filters(
         model.features[0].weight.detach().float().cpu(), run_dir / "filters.png", groups=model.config["groups"]
     )
+    names = data.class_names or data.classes  # "Samoyed" rather than "n02111889"
     if len(data.classes) <= 20:
-        plot_confusion(val["confusion"], data.classes, run_dir / "confusion.png")
+        plot_confusion(val["confusion"], names, run_dir / "confusion.png")
     if isinstance(data.val, InMemory):
         index = torch.tensor(sample_indices(8, len(data.val)), device=run.setup.device)
         images, labels = data.val.images[index], data.val.labels[index]
@@ -1029,7 +1035,7 @@ def save_pictures(run: Run, val: dict) -> None:
         model.train()
         confidence, predictions = probabilities.max(1)
         plot_predictions(
-            images.cpu(), labels.cpu(), predictions.cpu(), data.classes, run_dir / "predictions.png", confidence.cpu()
+            images.cpu(), labels.cpu(), predictions.cpu(), names, run_dir / "predictions.png", confidence.cpu()
         )
 
 
