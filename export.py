@@ -354,7 +354,7 @@ def meta_from_metadata(metadata: str | bytes | None, path: Path) -> dict:
         classes = [str(name) for name in data["classes"]]
     except (ValueError, KeyError, TypeError) as error:
         raise ExportError(
-            f"{path}: its {METADATA_KEY!r} metadata is not what inference.py --export writes "
+            f"{path}: its {METADATA_KEY!r} metadata is not what this exporter writes "
             f"({type(error).__name__}: {first_sentence(str(error))})"
         ) from None
     return {"classes": classes, "preprocess": preprocess}

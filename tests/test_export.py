@@ -275,7 +275,7 @@ def test_files_that_are_not_exports_are_one_line_each(tmp_path: Path, capsys: py
     cases = {
         "other.onnx": "has no 'alexnet' metadata (the class names and preprocessing): not a file written by",
         "other.pt2": "has no 'alexnet' metadata",
-        "badjson.pt2": "its 'alexnet' metadata is not what inference.py --export writes (KeyError",
+        "badjson.pt2": "its 'alexnet' metadata is not what this exporter writes (KeyError",
         "text.onnx": "not an ONNX model that ONNX Runtime can load",
         "text.pt2": "not a .pt2 file that torch.export.load can read",
         "empty.onnx": "empty file (0 bytes)",
