@@ -232,6 +232,9 @@ class AlexNet(nn.Module):
 
         self.features = make_features(in_channels, (c1, c2, c3, c4, c5), padding1, lrn, groups)
         self.classifier = make_classifier(c5, num_classes, dropout, layout)
+        # Fold the 6x6 pooling into fc6 when that is cheaper (see forward): a speed-up only, the same
+        # function. Exporters turn it off, so that one graph serves every batch size.
+        self.fold_pooling = True
         self.reset_parameters()
 
     @classmethod
@@ -326,7 +329,8 @@ class AlexNet(nn.Module):
         # calls the classifier's layers, not `self.classifier` itself: hooks on it do not run.)
         fc6_index = 0 if self.config["layout"] == "paper" else 1
         dropout_before_fc6 = fc6_index == 1 and self.training and self.classifier[0].p > 0
-        if batch * (36 - height * width) > 36 * height * width and not dropout_before_fc6:
+        cheaper = batch * (36 - height * width) > 36 * height * width
+        if self.fold_pooling and cheaper and not dropout_before_fc6:
             fc6 = self.classifier[fc6_index]
             x = F.linear(torch.flatten(x, 1), fc6_weight_for_map(fc6.weight, height, width), fc6.bias)
             return self.classifier[fc6_index + 1 :](x)  # (B, 4096) -> (B, num_classes)

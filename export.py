@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alexnet import AlexNet
@@ -66,28 +65,6 @@ class ExportReport:
 def largest(*values: float) -> float:
     """max(), but NaN if any value is NaN (Python's max keeps or drops a NaN depending on its place)."""
     return torch.tensor(values).max().item()
-
-
-class PoolingPath(nn.Module):
-    """AlexNet's forward through the 6x6 average pooling, for every batch size.
-
-    AlexNet.forward folds the pooling into fc6 when the batch is large against the feature map, a
-    Python branch on the batch size. torch.export traces that branch once, with the example batch
-    it is given: it keeps whichever path that batch took for every batch size, so the exported
-    graph would depend on the example batch. Here the path is fixed: pooling, then the
-    classifier, the reference computation the fold only speeds up. It is exact for any batch
-    size (the fold is the same linear map, rounded differently; the parity check compares this
-    graph with the checkpoint's own forward at both batch sizes). No dropout acts: eval mode.
-    """
-
-    def __init__(self, model: AlexNet) -> None:
-        super().__init__()
-        self.features = model.features
-        self.classifier = model.classifier
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(self.features(images), 6)  # (B, 256, h, w) -> (B, 256, 6, 6)
-        return self.classifier(torch.flatten(x, 1))  # (B, 9216) -> (B, num_classes)
 
 
 class OnnxRuntimeModel(nn.Module):
@@ -142,7 +119,14 @@ def export_model(
     example = torch.randn(2, *input_shape(meta["preprocess"]))  # batch 2: a batch of 1 would be specialised
     tmp = path.with_name(f".{path.stem}.partial{suffix}")  # hidden, beside the target: the rename cannot fail
     try:
-        write_exported(PoolingPath(model).eval(), example, metadata, tmp, path)
+        # AlexNet.forward folds the pooling into fc6 for large batches, a Python branch on the batch
+        # size that torch.export would trace once, for the example batch, and keep for every batch
+        # size. The pooling path is the reference computation the fold only speeds up: export that.
+        model.fold_pooling = False
+        try:
+            write_exported(model, example, metadata, tmp, path)
+        finally:
+            model.fold_pooling = True
         random_difference, image_difference, count = parity(model, meta, tmp, images or [])
         difference = largest(random_difference, image_difference)
         if not difference <= tolerance:  # NaN fails too
@@ -203,9 +187,9 @@ def export_metadata(model: AlexNet, meta: dict) -> str:
     )
 
 
-def dynamic_batch() -> dict:
-    """The dynamic_shapes argument of both exporters: dimension 0 of `images` is any batch size."""
-    return {"images": {0: torch.export.Dim("batch", min=1)}}
+def dynamic_batch() -> tuple[dict, ...]:
+    """The dynamic_shapes argument of both exporters: dimension 0 of the input is any batch size."""
+    return ({0: torch.export.Dim("batch", min=1)},)
 
 
 def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path, path: Path) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from errors import DataError
+from errors import DataError, first_sentence
 from folders import folder_classes, folder_samples
 from image_files import IMAGE_EXTENSIONS
 
@@ -366,21 +366,20 @@ def archive_errors(archive: Path, setting: str) -> Iterator[None]:
         raise DataError(f"{archive}: reading the devkit needs SciPy ({error}); pip install scipy", setting) from None
     except RuntimeError as error:
         if "is not present in the root directory or is corrupted" not in str(error):
-            raise DataError(
-                f"{archive}: not the official archive ({first_line(error)}); download it again", setting
-            ) from None
+            why = first_sentence(str(error)) or "RuntimeError"
+            raise DataError(f"{archive}: not the official archive ({why}); download it again", setting) from None
         reason = "its MD5 sum is not the official one (an incomplete or damaged download?); download it again"
         raise DataError(f"{archive}: {reason}", setting) from None
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            raise DataError(f"{archive}: truncated, damaged or not the official archive ({first_line(error)}); "
-                            "download it again", setting) from None  # fmt: skip
+            why = first_sentence(str(error)) or type(error).__name__
+            raise DataError(
+                f"{archive}: truncated, damaged or not the official archive ({why}); download it again", setting
+            ) from None
         reason = f"cannot lay it out beside itself ({error.strerror}); see the README for the disk space it needs"
         raise DataError(f"{archive}: {reason}", setting) from None
     except (tarfile.TarError, EOFError, ValueError, KeyError) as error:  # tarfile, gzip, scipy, the devkit
-        reason = f"truncated, damaged or not the official archive ({type(error).__name__}: {first_line(error)})"
+        reason = (
+            f"truncated, damaged or not the official archive ({type(error).__name__}: {first_sentence(str(error))})"
+        )
         raise DataError(f"{archive}: {reason}; download it again", setting) from None
-
-
-def first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -11,9 +11,10 @@ prints, or {"image": ..., "error": ...}. Confidences are written in full, not ro
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from checkpoints import write_atomically
 
 RESULT_FORMATS = (".csv", ".jsonl")
 
@@ -38,12 +39,7 @@ def result_format(path: Path) -> str:
 def write_results(path: Path, rows: list[ResultRow]) -> None:
     """Write `rows` to `path` in the format its extension names; OSError if it cannot be written."""
     text = results_csv(rows) if result_format(path) == ".csv" else results_jsonl(rows)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))  # a crash leaves no half-written file
 
 
 def results_csv(rows: list[ResultRow]) -> str:
