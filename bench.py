@@ -1,6 +1,7 @@
 """Training throughput of our pipeline beside the conventional one: same data, model, batch and device.
 
 Examples:
+    python bench.py --data ../shared/data/hymenoptera --loader-only --workers 2 --json
     python bench.py --data ../shared/data/cifar10 --image-size 224 --batch-size 64
     python bench.py --data ../shared/data/hymenoptera --loader stream --image-size 224 --batch-size 64
     python bench.py --dataset shapes --image-size 67 --batch-size 256 --json
@@ -13,6 +14,13 @@ baseline: the conventional recipe of pytorch/examples' ImageNet script and most 
           (RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with one
           worker per CPU core (pinned memory on CUDA), fp32, NCHW, torch.optim.SGD, and
           loss.item() every step for its running average.
+
+--loader-only measures the data alone (no model): images per second delivered to the device,
+decoding and augmentation included, for three loaders with the same --workers, each in its own
+process: the conventional one (ImageFolder + the PIL transforms above + DataLoader), ours
+streaming the folder, and ours reading its packed copy (packs.py; packed first if needed, with
+the packing time and the size on disk reported). Each delivers --loader-images images (cycling a
+small folder) after two untimed batches.
 
 Both train the same AlexNet (default layout) at the same image size and batch size on the same
 images and device, each in its own process (so that peak memory is its own): --warmup steps
@@ -35,10 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, AlexNet
-from data_pipeline import DATASETS, LOADERS, DataConfig, InMemory, load_data
-from engine import pick_device, pick_precision, sync, train_step
+from data_pipeline import DATASETS, LOADED, LOADERS, Data, DataConfig, load_data
+from engine import pick_device, pick_precision, reuse_freed_memory, sync, train_step
 from errors import DataError
-from presets import AUGMENTATIONS, train_transform
+from presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, train_transform
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +60,10 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-root", default="data", help="torchvision datasets and decoded-image caches (default: data)"
     )
     parser.add_argument("--image-size", type=int, default=224, help="model input size (default: 224)")
-    parser.add_argument("--loader", default="auto", choices=LOADERS, help="ours: in memory or streamed (default: auto)")
+    parser.add_argument(
+        "--loader", default="auto", choices=LOADERS, help="ours: in memory, streamed or packed (default: auto)"
+    )
+    parser.add_argument("--pack-dir", default=None, help="where packed copies live (default: DATA_ROOT/packs)")
     parser.add_argument(
         "--augment",
         default="resized-crop",
@@ -81,10 +92,19 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the model")
     # measurement
+    parser.add_argument(
+        "--loader-only", action="store_true", help="the data loaders alone, without the model (needs --data)"
+    )
+    parser.add_argument(
+        "--loader-images", type=int, default=2000, help="--loader-only: images each loader delivers (default: 2000)"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
     parser.add_argument(
-        "--only", default=None, choices=["ours", "baseline"], help="run one pipeline in this process (used internally)"
+        "--only",
+        default=None,
+        choices=["ours", "baseline", "stream", "packed"],
+        help="run one pipeline in this process (used internally)",
     )
     parser.add_argument(
         "--stats", default=None, help=argparse.SUPPRESS
@@ -94,7 +114,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "steps", "train_size"):
+    for flag in ("batch_size", "steps", "train_size", "loader_images"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.warmup < 0 or args.workers < 0:
@@ -105,6 +125,8 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.data is not None and not (Path(args.data) / "train").is_dir():
         parser.error(f"--data {args.data}: expected an image folder with a train/<class>/ subfolder")
+    if args.loader_only and args.data is None:
+        parser.error("--loader-only measures image-folder loaders: give the folder with --data DIR")
     try:
         args.device = pick_device(args.device)
     except ValueError as error:
@@ -150,9 +172,8 @@ def forever(make_batches):
         epoch += 1
 
 
-def run_ours(args: argparse.Namespace) -> dict:
-    device = args.device
-    start = time.perf_counter()
+def load_or_exit(args: argparse.Namespace, loader: str) -> Data:
+    """load_data for our pipeline, a DataError as one line naming the flag."""
     config = DataConfig(
         dataset=args.dataset,
         data_dir=args.data,
@@ -161,15 +182,24 @@ def run_ours(args: argparse.Namespace) -> dict:
         train_size=args.train_size,
         val_size=args.batch_size,
         augment=args.augment,
-        loader=args.loader,
+        loader=loader,
+        pack_dir=args.pack_dir,
         workers=args.workers,
         batch_size=args.batch_size,
     )
     try:
-        data = load_data(config, device)
+        return load_data(config, args.device)
     except DataError as error:
         dest = "data" if error.setting == "data_dir" else error.setting
         raise SystemExit(f"error: --{dest.replace('_', '-')} {getattr(args, dest)}: {error}") from None
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    device = args.device
+    if device.type == "cpu":
+        reuse_freed_memory()  # as train.py does
+    start = time.perf_counter()
+    data = load_or_exit(args, args.loader)
     train, classes, preprocess, preset = data.train, data.classes, data.preprocess, data.augment
     setup_seconds = time.perf_counter() - start
     amp_dtype = pick_precision(args.amp, device)
@@ -200,7 +230,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "flops_per_image": train_flops_per_image(model, preprocess.in_channels, args.image_size),
         "mean": preprocess.mean,
         "std": preprocess.std,
-        "settings": f"{'in memory' if isinstance(train, InMemory) else 'streamed'}, {preset.kind} on the device, "
+        "settings": f"{LOADED[type(train)]}, {preset.kind} on the device, "
         f"{precision}, {'channels_last' if args.channels_last else 'NCHW'}, fused SGD"
         f"{', compiled' if args.compile else ''}",
     }
@@ -235,11 +265,10 @@ def baseline_dataset(args: argparse.Namespace, transform):
     return cls(args.data_root, train=True, download=False, transform=transform)
 
 
-def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) -> dict:
+def baseline_loader(args: argparse.Namespace, mean: list[float], std: list[float]) -> tuple:
+    """The conventional dataset and DataLoader: PIL transforms per image in --workers processes."""
     import torchvision.transforms as T  # the classic (v1) transforms of pytorch/examples
 
-    device = args.device
-    start = time.perf_counter()
     transform = T.Compose(
         [T.RandomResizedCrop(args.image_size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
     )
@@ -249,9 +278,17 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
         batch_size=args.batch_size,
         shuffle=True,
         num_workers=args.workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=args.device.type == "cuda",
         drop_last=len(dataset) > args.batch_size,
+        persistent_workers=args.workers > 0,
     )
+    return dataset, loader
+
+
+def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) -> dict:
+    device = args.device
+    start = time.perf_counter()
+    dataset, loader = baseline_loader(args, mean, std)
     setup_seconds = time.perf_counter() - start
     torch.manual_seed(0)
     channels = len(mean)
@@ -278,6 +315,52 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
     }
 
 
+# ----------------------------------------------------------------------------------------------
+# --loader-only: the data alone.
+
+
+def delivery_rate(next_batch, images: int, device: torch.device) -> float:
+    """Images per second that next_batch() puts on the device, after two untimed batches (worker start-up)."""
+    for _ in range(2):
+        next_batch()
+    sync(device)
+    start, delivered = time.perf_counter(), 0
+    while delivered < images:
+        delivered += len(next_batch())
+    sync(device)
+    return delivered / (time.perf_counter() - start)
+
+
+def run_conventional_loader(args: argparse.Namespace) -> dict:
+    """ImageFolder + PIL transforms + DataLoader, each batch copied to the device."""
+    _, loader = baseline_loader(args, IMAGENET_MEAN, IMAGENET_STD)
+    batches = forever(lambda epoch: loader)
+    rate = delivery_rate(lambda: next(batches)[0].to(args.device, non_blocking=True), args.loader_images, args.device)
+    return {"images_per_second": rate}
+
+
+def run_our_loader(args: argparse.Namespace) -> dict:
+    """Our streamed or packed batches (args.only), augmented on the device as train.py does."""
+    pack_dir = Path(args.pack_dir or Path(args.data_root) / "packs")
+    packed_before = set(pack_dir.glob("*/pack.json"))
+    if args.device.type == "cpu":
+        reuse_freed_memory()  # as train.py does
+    start = time.perf_counter()
+    data = load_or_exit(args, args.only)
+    result = {"setup_seconds": time.perf_counter() - start}
+    if args.only == "packed":
+        folders = [data.train.files.path, data.val.files.path]
+        result["pack_bytes"] = sum(f.stat().st_blocks * 512 for folder in folders for f in folder.iterdir())
+        result["packed_now"] = any(folder / "pack.json" not in packed_before for folder in folders)
+    rng, batches = torch.Generator().manual_seed(0), forever(lambda epoch: data.train.batches(seed=epoch))
+
+    def next_batch() -> torch.Tensor:
+        return train_transform(next(batches)[0], data.augment, rng, torch.channels_last)
+
+    result["images_per_second"] = delivery_rate(next_batch, args.loader_images, args.device)
+    return result
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -295,6 +378,9 @@ def device_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = get_args(argv)
+    if args.loader_only and args.only:
+        print(json.dumps(run_conventional_loader(args) if args.only == "baseline" else run_our_loader(args)))
+        return
     if args.only == "ours":
         print(json.dumps(run_ours(args)))
         return
@@ -306,12 +392,15 @@ def main(argv: list[str] | None = None) -> None:
     def child(*extra: str) -> dict:
         """One pipeline in a fresh process: its own memory, no state shared with the other."""
         result = subprocess.run([sys.executable, __file__, *argv, *extra], capture_output=True, text=True)
-        which = extra[1]
+        which = {"baseline": "conventional"}.get(extra[1], extra[1])
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
             raise SystemExit(f"error: the {which} run failed: {last}")  # its last line: the error itself
         return json.loads(result.stdout.strip().splitlines()[-1])
 
+    if args.loader_only:
+        report_loaders(args, child)
+        return
     ours = child("--only", "ours")
     # The baseline normalises with the same statistics, measured by our pipeline.
     baseline = child("--only", "baseline", "--stats", json.dumps({"mean": ours["mean"], "std": ours["std"]}))
@@ -362,6 +451,38 @@ def main(argv: list[str] | None = None) -> None:
         f"({result['train_flops_per_image'] / 1e9:.2f} GFLOP per image per training step)"
         + (f" = {100 * result['fraction_of_peak']:.0f}% of {args.peak_tflops} TFLOP/s" if args.peak_tflops else "")
     )
+
+
+def report_loaders(args: argparse.Namespace, child) -> None:
+    """--loader-only: the three loaders, one after the other, each in its own process."""
+    conventional, stream, packed = child("--only", "baseline"), child("--only", "stream"), child("--only", "packed")
+    result = {
+        "conventional_images_per_second": conventional["images_per_second"],
+        "stream_images_per_second": stream["images_per_second"],
+        "packed_images_per_second": packed["images_per_second"],
+        "packed_vs_conventional": packed["images_per_second"] / conventional["images_per_second"],
+        "workers": args.workers,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "images": args.loader_images,
+        "augment": args.augment,
+        "device": str(args.device),
+        "device_name": device_name(args.device),
+        "torch": torch.__version__,
+        "data": args.data,
+        "pack_bytes": packed["pack_bytes"],
+        "pack_seconds": packed["setup_seconds"] if packed["packed_now"] else None,  # None: packed by an earlier run
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['device_name']} ({result['device']}), torch {result['torch']}, {args.data}, {args.image_size}px, "
+          f"batch {args.batch_size}, {args.workers} workers, {args.loader_images} images each")  # fmt: skip
+    for name in ("conventional", "stream", "packed"):
+        print(f"{name + ':':14}{result[f'{name}_images_per_second']:8.0f} img/s")
+    packing = f"packed in {result['pack_seconds']:.1f} s" if result["pack_seconds"] is not None else "packed before"
+    print(f"packed / conventional: {result['packed_vs_conventional']:.1f}x; the pack: "
+          f"{result['pack_bytes'] / 1e6:.0f} MB on disk, {packing}")  # fmt: skip
 
 
 if __name__ == "__main__":

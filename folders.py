@@ -203,20 +203,29 @@ def decode_folder(samples: list[tuple[Path, int]], channels: int, size: int, wor
     return torch.cat(images), torch.cat(labels), bad
 
 
-def cached_decode(split_dir: Path, samples: list, channels: int, size: int, workers: int, cache_dir: Path) -> tuple:
-    """decode_folder, cached on disk: the key covers the folder's full path and every file's path,
-    size and modification time, so adding, removing or changing a file (or changing the store
-    size) decodes again. A cache that cannot be read, or does not fit the folder, is decoded again."""
+def listing_key(split_dir: Path, samples: list, channels: int, size: int) -> tuple[str, str]:
+    """(name, key) of a split's decoded images, for the decode cache and the packed copy (packs.py).
+
+    The name is the folder's name for people with a hash of its full path, so that a/data and
+    b/data keep their own copies; the key covers every file's path, size and modification time,
+    so adding, removing or changing a file (or changing the stored size) gives another key.
+    """
     listing = [
         (str(path.relative_to(split_dir)), label, path.stat().st_size, path.stat().st_mtime_ns)
         for path, label in samples
     ]
     folder = str(split_dir.resolve())
     key = hashlib.sha256(json.dumps([CACHE_VERSION, folder, channels, size, listing]).encode()).hexdigest()[:16]
-    # The folder's name for people, and a hash of its full path, so that a/data and b/data keep their own caches.
     where = hashlib.sha256(folder.encode()).hexdigest()[:8]
-    prefix = f"{split_dir.resolve().parent.name}-{split_dir.name}-{where}-{size}px-{channels}ch-"
-    path = cache_dir / f"{prefix}{key}.pt"
+    return f"{split_dir.resolve().parent.name}-{split_dir.name}-{where}-{size}px-{channels}ch", key
+
+
+def cached_decode(split_dir: Path, samples: list, channels: int, size: int, workers: int, cache_dir: Path) -> tuple:
+    """decode_folder, cached on disk under the folder's listing_key: adding, removing or changing a
+    file (or changing the store size) decodes again. A cache that cannot be read, or does not fit
+    the folder, is decoded again."""
+    prefix, key = listing_key(split_dir, samples, channels, size)
+    path = cache_dir / f"{prefix}-{key}.pt"
     cached = read_cache(path, samples, channels, size) if path.is_file() else None
     if cached is not None:
         return cached
@@ -224,7 +233,7 @@ def cached_decode(split_dir: Path, samples: list, channels: int, size: int, work
     images, labels, bad = decode_folder(samples, channels, size, workers)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(f"{prefix}*.pt"):  # older versions of this folder
+        for stale in cache_dir.glob(f"{prefix}-*.pt"):  # older versions of this folder
             stale.unlink()
         save_atomically({"images": images, "labels": labels, "bad": bad}, path)
     except OSError as error:  # read-only or full disk: train anyway, without the cache

@@ -20,7 +20,8 @@ predictions.png, confusion.png) and, for in-memory datasets, a few validation im
 samples/ to try inference.py on. Ctrl-C (or SIGTERM) saves a resumable checkpoint and stops.
 
 Data that fits in memory (everything but ImageNet-sized folders) is decoded once, kept on the
-training device as uint8 and augmented there a batch at a time. Read main() first: each step it
+training device as uint8 and augmented there a batch at a time; larger folders are streamed, or
+read from a packed copy decoded once (--loader packed, packs.py). Read main() first: each step it
 calls is below it, and the work is done by the library modules (data_pipeline.py and folders.py
 for data, presets.py for preprocessing, engine.py for the step and evaluation, schedule.py,
 checkpoints.py, run_log.py for what a run writes).
@@ -52,7 +53,17 @@ from checkpoints import (
     save_atomically,
     set_rng_states,
 )
-from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, InMemory, load_data, stored_bytes
+from data_pipeline import (
+    DATASETS,
+    DEFAULT_IMAGE_SIZE,
+    LOADED,
+    LOADERS,
+    Data,
+    DataConfig,
+    InMemory,
+    load_data,
+    stored_bytes,
+)
 from engine import (
     accuracy_counts,
     autocast,
@@ -60,6 +71,7 @@ from engine import (
     evaluate,
     pick_device,
     pick_precision,
+    reuse_freed_memory,
     setup_distributed,
     train_step,
     training_memory,
@@ -116,6 +128,7 @@ NOT_RESUMED = {
     "log_interval",
     "compile",
     "loader",
+    "pack_dir",
     "data_root",
     "out_dir",
     "name",
@@ -187,8 +200,14 @@ def add_data_flags(group: argparse._ArgumentGroup) -> None:
         "--loader",
         default="auto",
         choices=LOADERS,
-        help="image folders: decode once and keep in memory, or stream with DataLoader workers; "
-        "auto: memory if it fits in 8 GiB",
+        help="image folders: decode once and keep in memory; stream (decode every image every epoch, in "
+        "DataLoader workers); or packed: decode once into a packed copy on disk (packs.py) and read that. "
+        "auto: the packed copy if the folder has one, else memory if it fits in 8 GiB, else stream",
+    )
+    group.add_argument(
+        "--pack-dir",
+        default=None,
+        help="where packed copies are written (put them on a fast disk); default: DATA_ROOT/packs",
     )
     group.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes for image folders"
@@ -512,6 +531,8 @@ def configure_device(device: torch.device, deterministic: bool) -> torch.memory_
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for whatever stays in fp32
         torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        reuse_freed_memory()  # the batches and activations of every step, without page faults
     # channels_last lets oneDNN (CPU) and cuDNN use their fastest convolution kernels.
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
@@ -610,6 +631,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         lighting_pca=args.lighting_pca,
         normalization=(IMAGENET_MEAN, IMAGENET_STD) if args.pretrained else None,  # what the weights expect
         loader=args.loader,
+        pack_dir=args.pack_dir,
         workers=args.workers,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -624,7 +646,8 @@ def data_errors(args: argparse.Namespace):
         yield
     except DataError as error:
         dest = "data" if error.setting == "data_dir" else error.setting
-        line = f"error: --{dest.replace('_', '-')} {getattr(args, dest)}: {error}"
+        value = getattr(args, dest)
+        line = f"error: --{dest.replace('_', '-')}{'' if value is None else f' {value}'}: {error}"
         if error.setting == "dataset" and not args.download:
             line += "; add --download (needs network) or copy the files there"
         raise SystemExit(line) from None
@@ -650,13 +673,16 @@ def load_data_or_exit(args: argparse.Namespace, setup: Setup) -> Data:
     if world_size > 1 and rank != 0:
         dist.barrier()  # rank 0 decodes and caches image folders first; the others then read the cache
     with data_errors(args):
-        data = load_data(config, device, rank, world_size)
+        try:
+            data = load_data(config, device, rank, world_size)
+        except KeyboardInterrupt:  # Ctrl-C while decoding or packing: what was packed stays for the next run
+            raise SystemExit(130) from None
     if world_size > 1 and rank == 0:
         dist.barrier()
     precision = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "") + " autocast"
     log(
         f"{len(data.train)} training and {len(data.val)} validation images, {len(data.classes)} classes, "
-        f"{data.preprocess.in_channels} channel(s), {'in memory' if isinstance(data.train, InMemory) else 'streamed'}, "
+        f"{data.preprocess.in_channels} channel(s), {LOADED[type(data.train)]}, "
         f"ready in {time.perf_counter() - start:.1f}s; device {device}"
         f"{f' x {world_size} processes' if world_size > 1 else ''}, {precision}"
     )
@@ -979,7 +1005,8 @@ def finish_epoch(run: Run, epoch: int, train: dict, val: dict, started: float) -
         run.warned_data = True
         run.log(
             f"warning: training waited for data {100 * waiting:.0f}% of the time (the device sat idle then): "
-            f"raise --workers (now {run.args.workers}), or keep the images in memory (--loader memory) if they fit"
+            f"raise --workers (now {run.args.workers}), keep the images in memory (--loader memory) if they fit, "
+            "or read them from a packed copy (--loader packed) when streaming"
         )
     improved = val["top1"] > run.best_top1
     run.best_top1 = max(run.best_top1, val["top1"])
