@@ -8,6 +8,9 @@ On a CUDA machine it runs, in a temporary folder:
 2. the default run (`python train.py`) on CUDA;
 3. bench.py at 224 px, batch 256: on CIFAR-10 when ../shared/data/cifar10 is there, and on a folder
    of ImageNet-sized JPEGs (about 500x375) that it writes itself, streamed as ImageNet would be;
+4. on that folder, bench.py --loader-only (the conventional, streamed and packed loaders without a
+   model, 20,000 images each; the packs' size and packing time) and our training throughput from
+   the raw pack against the same images in memory;
 then prints one JSON object with every figure, and exits 1 if a step failed. Without CUDA it says so
 in one line and runs what it can on the CPU, scaled down (the figures then mean nothing); exit 0
 if all of that worked.
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
             summary["bench_cifar10"] = bench(work, ["--data", str(CIFAR10)], size, batch, cuda)
         folder = write_jpegs(work / "jpegs", args.jpegs or (4000 if cuda else 64))
         summary["bench_jpegs"] = bench(work, ["--data", str(folder), "--loader", "stream"], size, batch, cuda)
+        summary["loaders_jpegs"] = loaders(work, folder, size, batch, cuda)
+        summary["training_packed_vs_memory"] = packed_vs_memory(work, folder, size, batch, cuda)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["ok"] = all(part.get("ok", True) for part in summary.values() if isinstance(part, dict))
     print(json.dumps(summary))
@@ -101,25 +106,46 @@ def data_share(rows: list[dict]) -> float:
 def bench(work: Path, data: list[str], size: int, batch: int, cuda: bool) -> dict:
     """bench.py --json: our pipeline and the conventional one on the same data, model, batch and device."""
     steps = ["--steps", "30", "--warmup", "10"] if cuda else ["--steps", "3", "--warmup", "1"]
-    workers = str(min(16, os.cpu_count() or 1))
-    shape = ["--image-size", str(size), "--batch-size", str(batch), "--workers", workers]
-    command = [
-        sys.executable,
-        str(ROOT / "bench.py"),
-        *data,
-        *shape,
-        "--data-root",
-        str(work / "data"),
-        *steps,
-        "--json",
-    ]
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        return {"ok": False, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = run_bench(work, [*data, *steps], size, batch)
+    if not figures["ok"]:
+        return figures
     keep = ("ours_images_per_second", "baseline_images_per_second", "ratio", "ours_tflops", "ours_peak_memory_mb",
             "train_images", "ours_settings")  # fmt: skip
     return {"ok": True, **{key: figures[key] for key in keep}}
+
+
+def run_bench(work: Path, arguments: list[str], size: int, batch: int) -> dict:
+    """bench.py --json with these arguments, size, batch and --workers (up to 16) -> its figures, or the error."""
+    workers = str(min(16, os.cpu_count() or 1))
+    shape = ["--image-size", str(size), "--batch-size", str(batch), "--workers", workers]
+    command = [sys.executable, str(ROOT / "bench.py"), *arguments, *shape, "--data-root", str(work / "data"), "--json"]
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        return {"ok": False, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
+    return {"ok": True, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def loaders(work: Path, folder: Path, size: int, batch: int, cuda: bool) -> dict:
+    """bench.py --loader-only: images per second each loader delivers to the device, without a model."""
+    count = "20000" if cuda else "64"
+    figures = run_bench(work, ["--data", str(folder), "--loader-only", "--loader-images", count], size, batch)
+    keep = ("ok", "error", "conventional_images_per_second", "stream_images_per_second", "packed_images_per_second",
+            "packed_jpeg_images_per_second", "workers", "pack_bytes", "pack_seconds", "pack_jpeg_bytes",
+            "pack_jpeg_seconds")  # fmt: skip
+    return {key: figures[key] for key in keep if key in figures}
+
+
+def packed_vs_memory(work: Path, folder: Path, size: int, batch: int, cuda: bool) -> dict:
+    """Our training throughput (bench.py --only ours) reading the raw pack, and with the images in memory."""
+    steps = ["--steps", "30", "--warmup", "10"] if cuda else ["--steps", "2", "--warmup", "1"]
+    rates = {}
+    for loader in ("packed", "memory"):
+        figures = run_bench(work, ["--data", str(folder), "--loader", loader, "--only", "ours", *steps], size, batch)
+        if not figures["ok"]:
+            return {"ok": False, "error": f"--loader {loader}: {figures['error']}"}
+        rates[loader] = figures["images_per_second"]
+    return {"ok": True, "packed_images_per_second": rates["packed"], "memory_images_per_second": rates["memory"],
+            "ratio": rates["packed"] / rates["memory"]}  # fmt: skip
 
 
 def write_jpegs(root: Path, count: int, classes: int = 10) -> Path:

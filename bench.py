@@ -18,8 +18,8 @@ baseline: the conventional recipe of pytorch/examples' ImageNet script and most 
 --loader-only measures the data alone (no model): images per second delivered to the device,
 decoding and augmentation included, for three loaders with the same --workers, each in its own
 process: the conventional one (ImageFolder + the PIL transforms above + DataLoader), ours
-streaming the folder, and ours reading its packed copy (packs.py; packed first if needed, with
-the packing time and the size on disk reported). Each delivers --loader-images images (cycling a
+streaming the folder, and ours reading its packed copies, raw and JPEG (packs.py; packed first if
+needed, with the packing time and the size on disk reported). Each delivers --loader-images images (cycling a
 small folder) after two untimed batches.
 
 Both train the same AlexNet (default layout) at the same image size and batch size on the same
@@ -46,6 +46,7 @@ from alexnet import MIN_INPUT_SIZE, AlexNet
 from data_pipeline import DATASETS, LOADED, LOADERS, Data, DataConfig, load_data
 from engine import pick_device, pick_precision, reuse_freed_memory, sync, train_step
 from errors import DataError
+from packs import PACK_FORMATS
 from presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, train_transform
 
 
@@ -64,6 +65,9 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--loader", default="auto", choices=LOADERS, help="ours: in memory, streamed or packed (default: auto)"
     )
     parser.add_argument("--pack-dir", default=None, help="where packed copies live (default: DATA_ROOT/packs)")
+    parser.add_argument(
+        "--pack-format", default="raw", choices=PACK_FORMATS, help="ours, packed: raw uint8 or JPEG (default: raw)"
+    )
     parser.add_argument(
         "--augment",
         default="resized-crop",
@@ -184,6 +188,7 @@ def load_or_exit(args: argparse.Namespace, loader: str) -> Data:
         augment=args.augment,
         loader=loader,
         pack_dir=args.pack_dir,
+        pack_format=args.pack_format,
         workers=args.workers,
         batch_size=args.batch_size,
     )
@@ -455,11 +460,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def report_loaders(args: argparse.Namespace, child) -> None:
     """--loader-only: the three loaders, one after the other, each in its own process."""
-    conventional, stream, packed = child("--only", "baseline"), child("--only", "stream"), child("--only", "packed")
+    conventional, stream = child("--only", "baseline"), child("--only", "stream")
+    packed, jpeg = child("--only", "packed", "--pack-format", "raw"), child("--only", "packed", "--pack-format", "jpeg")
     result = {
         "conventional_images_per_second": conventional["images_per_second"],
         "stream_images_per_second": stream["images_per_second"],
         "packed_images_per_second": packed["images_per_second"],
+        "packed_jpeg_images_per_second": jpeg["images_per_second"],
         "packed_vs_conventional": packed["images_per_second"] / conventional["images_per_second"],
         "workers": args.workers,
         "image_size": args.image_size,
@@ -472,17 +479,25 @@ def report_loaders(args: argparse.Namespace, child) -> None:
         "data": args.data,
         "pack_bytes": packed["pack_bytes"],
         "pack_seconds": packed["setup_seconds"] if packed["packed_now"] else None,  # None: packed by an earlier run
+        "pack_jpeg_bytes": jpeg["pack_bytes"],
+        "pack_jpeg_seconds": jpeg["setup_seconds"] if jpeg["packed_now"] else None,
     }
     if args.json:
         print(json.dumps(result))
         return
     print(f"{result['device_name']} ({result['device']}), torch {result['torch']}, {args.data}, {args.image_size}px, "
           f"batch {args.batch_size}, {args.workers} workers, {args.loader_images} images each")  # fmt: skip
-    for name in ("conventional", "stream", "packed"):
-        print(f"{name + ':':14}{result[f'{name}_images_per_second']:8.0f} img/s")
-    packing = f"packed in {result['pack_seconds']:.1f} s" if result["pack_seconds"] is not None else "packed before"
-    print(f"packed / conventional: {result['packed_vs_conventional']:.1f}x; the pack: "
-          f"{result['pack_bytes'] / 1e6:.0f} MB on disk, {packing}")  # fmt: skip
+    for name, key in (("conventional", "conventional"), ("stream", "stream"), ("packed", "packed"),
+                      ("packed JPEG", "packed_jpeg")):  # fmt: skip
+        pack = {"packed": "pack", "packed_jpeg": "pack_jpeg"}.get(key)
+        about = ""
+        if pack:
+            seconds = result[f"{pack}_seconds"]
+            about = f"   pack: {result[f'{pack}_bytes'] / 1e6:.0f} MB, " + (
+                f"packed in {seconds:.1f} s" if seconds is not None else "packed before"
+            )
+        print(f"{name + ':':14}{result[f'{key}_images_per_second']:8.0f} img/s{about}")
+    print(f"packed / conventional: {result['packed_vs_conventional']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from folders import (
     train_files_sample,
 )
 from imagenet import Listing, list_class_folders, list_imagenet
-from packs import PackedFiles, build_pack, pack_folder
+from packs import PACK_FORMATS, PackedFiles, build_pack, pack_folder
 from presets import EvalPreset, TrainPreset, channel_stats, pca_lighting_stats, train_preset
 from shapes import CLASSES as SHAPE_CLASSES
 from shapes import make_shapes
@@ -79,6 +79,7 @@ class DataConfig:
     normalization: tuple[list[float], list[float]] | None = None  # (mean, std); None: measured on the data
     loader: str = "auto"  # image folders: one of LOADERS
     pack_dir: str | None = None  # where packed copies live (packs.py); None: <data_root>/packs
+    pack_format: str = "raw"  # one of packs.PACK_FORMATS: raw uint8 (fastest to read) or JPEG (a tenth of the disk)
     workers: int = 0  # decoding processes for image folders
     batch_size: int = 128  # images per batch per process
     seed: int = 0  # the built-in shapes' generation
@@ -273,9 +274,9 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
         listing = list_dataset(config)
         channels = config.in_channels or 3
         store_size = store_size_for(listing.train, round(image_size * 256 / 224))
-        loader = pick_loader(config, listing, channels, store_size)
+        loader, pack_format = pick_loader(config, listing, channels, store_size)
         if loader == "packed":
-            return load_packed(config, listing, channels, store_size, image_size, device, shard)
+            return load_packed(config, listing, channels, store_size, image_size, device, shard, pack_format)
         if loader == "stream":
             return load_streamed(config, listing, channels, store_size, image_size, device, shard)
         train_images, train_labels, val_images, val_labels = decode_folder_splits(listing, config, channels, store_size)
@@ -310,24 +311,27 @@ def list_dataset(config: DataConfig) -> Listing:
     return listing
 
 
-def pick_loader(config: DataConfig, listing: Listing, channels: int, store_size: int) -> str:
-    """config.loader for an image folder, "auto" made concrete: the pack where the folder has been
-    packed (even partly, or from files changed since: it is then completed or packed again), in
-    memory where it fits in MEMORY_LIMIT_BYTES, else streamed."""
+def pick_loader(config: DataConfig, listing: Listing, channels: int, store_size: int) -> tuple[str, str]:
+    """(loader, pack format) for an image folder, "auto" made concrete: its pack where the folder has
+    been packed (even partly, or from files changed since: it is then completed or packed again;
+    config.pack_format first, else the other format), in memory where it fits in
+    MEMORY_LIMIT_BYTES, else streamed."""
     if config.loader != "auto":
-        return config.loader
-    pack_dir = packs_dir(config)
+        return config.loader, config.pack_format
     splits = ((listing.train_dir, listing.train), (listing.val_dir, listing.val))
-    folders = [pack_folder(pack_dir, split_dir, samples, channels, store_size)[0] for split_dir, samples in splits]
-    if all(folder.is_dir() for folder in folders):
-        return "packed"
+    for fmt in sorted(PACK_FORMATS, key=lambda fmt: fmt != config.pack_format):
+        folders = [
+            pack_folder(packs_dir(config), folder, samples, channels, store_size, fmt)[0] for folder, samples in splits
+        ]
+        if all(folder.is_dir() for folder in folders):
+            return "packed", fmt
     stored = (len(listing.train) + len(listing.val)) * channels * store_size**2
     if stored <= MEMORY_LIMIT_BYTES:
-        return "memory"
+        return "memory", config.pack_format
     print(f"note: streaming {len(listing.train) + len(listing.val)} images, decoding each one every epoch; "
-          f"--loader packed decodes them once into a packed copy ({stored / 1e9:.0f} GB in {pack_dir}/, "
-          "see --pack-dir) for faster epochs")  # fmt: skip
-    return "stream"
+          f"--loader packed decodes them once into a packed copy ({stored / 1e9:.0f} GB in {packs_dir(config)}/, "
+          "see --pack-dir and --pack-format) for faster epochs")  # fmt: skip
+    return "stream", config.pack_format
 
 
 def packs_dir(config: DataConfig) -> Path:
@@ -336,12 +340,12 @@ def packs_dir(config: DataConfig) -> Path:
 
 def load_packed(
     config: DataConfig, listing: Listing, channels: int, store_size: int, image_size: int, device: torch.device,
-    shard: dict,
+    shard: dict, fmt: str,
 ) -> Data:  # fmt: skip
-    """Both splits from their packs, packed first where needed (see packs.build_pack)."""
+    """Both splits from their packs in format `fmt`, packed first where needed (see packs.build_pack)."""
     files, bad = [], []
     for split_dir, samples in ((listing.train_dir, listing.train), (listing.val_dir, listing.val)):
-        path, meta = build_pack(packs_dir(config), split_dir, samples, channels, store_size, config.workers)
+        path, meta = build_pack(packs_dir(config), split_dir, samples, channels, store_size, config.workers, fmt)
         files.append(PackedFiles(path, meta))
         bad += meta["bad"]
     report_bad_files(bad, config.max_bad_files)

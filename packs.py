@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from tqdm import tqdm
 
 from checkpoints import write_atomically
@@ -39,18 +40,24 @@ from errors import BadImageError, DataError
 from folders import decode_for_store, ignore_ctrl_c, listing_key
 
 PACK_VERSION = 1  # bump when the layout changes, so that older packs are built again
+PACK_FORMATS = ("raw", "jpeg")
 CHUNK = 64  # images decoded and written by one worker at a time: the unit of progress and of resuming
+JPEG_QUALITY = 90  # measured on 256 px photos: ~20 KB an image, pixels within 2.7/255 of raw on average
+DATA_FILES = {"raw": "images.u8", "jpeg": "images.jpg"}
 
 
-def pack_folder(pack_dir: Path, split_dir: Path, samples: list, channels: int, size: int) -> tuple[Path, str]:
+def pack_folder(
+    pack_dir: Path, split_dir: Path, samples: list, channels: int, size: int, fmt: str = "raw"
+) -> tuple[Path, str]:
     """Where the pack of a split lives, and the key its pack.json must carry to be current."""
     name, key = listing_key(split_dir, samples, channels, size)
-    return pack_dir / name, key
+    return (pack_dir / name, key) if fmt == "raw" else (pack_dir / f"{name}-{fmt}", f"{key}-{fmt}")
 
 
 def read_pack(path: Path, key: str) -> dict | None:
-    """A complete, current pack's metadata (pack.json with "rows", "labels" and "bad" added), or None:
-    not packed, half-packed, packed from other files, or damaged (then a warning line)."""
+    """A complete, current pack's metadata (pack.json with the index arrays "rows", "labels" and, for
+    JPEG packs, "starts" and "lengths" added), or None: not packed, half-packed, packed from other
+    files, or damaged (then a warning line)."""
     try:
         meta = json.loads((path / "pack.json").read_text())
     except FileNotFoundError:
@@ -61,86 +68,110 @@ def read_pack(path: Path, key: str) -> dict | None:
     if meta.get("version") != PACK_VERSION or meta.get("key") != key:
         return None  # packed from other files (or by another version): stale
     try:
-        rows, labels = np.load(path / "index.npy")
-        image_bytes = meta["size"] ** 2 * meta["channels"]
-        complete = (path / "images.u8").stat().st_size == meta["count"] * image_bytes
+        index = np.load(path / "index.npy")
+        complete = (path / DATA_FILES[meta["format"]]).stat().st_size == meta["bytes"]
     except (OSError, ValueError, KeyError):
         complete = False
     if not complete:
         print(f"warning: the pack {path} is incomplete (damaged?); packing again", file=sys.stderr)
         return None
-    return {**meta, "rows": rows, "labels": labels}
+    return {**meta, **dict(zip(("rows", "labels", "starts", "lengths"), index))}
 
 
 def build_pack(
-    pack_dir: Path, split_dir: Path, samples: list, channels: int, size: int, workers: int
+    pack_dir: Path, split_dir: Path, samples: list, channels: int, size: int, workers: int, fmt: str = "raw"
 ) -> tuple[Path, dict]:
     """The split's pack, packed first where it is missing, half-packed or stale -> (its folder, read_pack's metadata).
 
     Resumes a half-packed one of the same files where it stopped. Raises DataError (setting
     "pack_dir") when the disk lacks the space: checked before starting, and caught while writing.
     """
-    path, key = pack_folder(pack_dir, split_dir, samples, channels, size)
+    path, key = pack_folder(pack_dir, split_dir, samples, channels, size, fmt)
     meta = read_pack(path, key)
     if meta is not None:
         return path, meta
-    image_bytes = size * size * channels
-    done = start_packing(path, key, len(samples), image_bytes)
+    done = start_packing(path, key, len(samples), size * size * channels, fmt)
     todo = [chunk for chunk in range(-(-len(samples) // CHUNK)) if chunk not in done]
-    check_free_space(path, len(samples) * image_bytes, pack_dir)
+    # JPEG's size is known once written: reckon a fifth of raw's (measured: a tenth)
+    needed = len(samples) * size * size * channels // (1 if fmt == "raw" else 5)
+    check_free_space(path / DATA_FILES[fmt], needed, fmt)
     resuming = f", resuming after {len(done)} chunks of {CHUNK}" if done else ""
     print(f"Packing {len(samples)} images from {split_dir} at {size}px into {path}/ "
-          f"(once: {disk_size(len(samples) * image_bytes)}{resuming})")  # fmt: skip
-    write_chunks(path, samples, channels, size, workers, todo, done)
-    bad = sorted(row for rows in done.values() for row in rows)
-    readable = np.setdiff1d(np.arange(len(samples)), np.asarray(bad, dtype=np.int64))
-    labels = np.asarray([samples[row][1] for row in readable.tolist()], dtype=np.int64)
-    write_atomically(path / "index.npy", lambda f: np.save(f, np.stack([readable, labels])))
-    meta = {"version": PACK_VERSION, "key": key, "count": len(samples), "channels": channels, "size": size,
-            "source": str(split_dir.resolve()), "bad": [str(samples[row][0]) for row in bad]}  # fmt: skip
-    write_atomically(path / "pack.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    (path / "progress.jsonl").unlink(missing_ok=True)
+          f"(once: {'' if fmt == 'raw' else 'at most about '}{disk_size(needed)}{resuming})")  # fmt: skip
+    write_chunks(path, samples, channels, size, workers, todo, done, fmt)
+    finish_pack(path, key, split_dir, samples, channels, size, fmt, done)
     return path, read_pack(path, key)
 
 
-def start_packing(path: Path, key: str, count: int, image_bytes: int) -> dict[int, list[int]]:
-    """Prepare `path` for packing -> the chunks already packed (resuming the same files), each with its unreadable rows.
+def finish_pack(
+    path: Path, key: str, split_dir: Path, samples: list, channels: int, size: int, fmt: str, done: dict
+) -> None:
+    """The index, then pack.json: from then on the pack is complete. progress.jsonl goes."""
+    bad = sorted(row for entry in done.values() for row in entry["bad"])
+    readable = np.setdiff1d(np.arange(len(samples)), np.asarray(bad, dtype=np.int64))
+    labels = np.asarray([samples[row][1] for row in readable.tolist()], dtype=np.int64)
+    index = [readable, labels]
+    if fmt == "jpeg":  # where each readable image's bytes are in images.jpg
+        spans = np.zeros((2, len(samples)), dtype=np.int64)
+        for chunk, entry in done.items():
+            chunk_rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(samples)))
+            rows = [row for row in chunk_rows if row not in entry["bad"]]
+            lengths = np.asarray(entry["lengths"], dtype=np.int64)
+            spans[:, rows] = np.stack([entry["start"] + np.cumsum(lengths) - lengths, lengths])
+        index += [spans[0, readable], spans[1, readable]]
+    write_atomically(path / "index.npy", lambda f: np.save(f, np.stack(index)))
+    meta = {"version": PACK_VERSION, "key": key, "format": fmt, "count": len(samples), "channels": channels,
+            "size": size, "bytes": (path / DATA_FILES[fmt]).stat().st_size, "source": str(split_dir.resolve()),
+            "bad": [str(samples[row][0]) for row in bad]}  # fmt: skip
+    write_atomically(path / "pack.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    (path / "progress.jsonl").unlink(missing_ok=True)
+
+
+def start_packing(path: Path, key: str, count: int, image_bytes: int, fmt: str) -> dict[int, dict]:
+    """Prepare `path` for packing -> the chunks already packed (resuming the same files): their unreadable
+    rows ("bad") and, for JPEG, where their bytes start and each image's length.
 
     Anything else there (a stale or damaged pack, a half-pack of other files) is deleted first.
     """
-    progress = path / "progress.jsonl"
+    progress, images = path / "progress.jsonl", path / DATA_FILES[fmt]
+    header = {"version": PACK_VERSION, "key": key, "count": count}
     done = {}
     try:
         lines = progress.read_text().splitlines()
-        header = json.loads(lines[0])
-        if header == {"version": PACK_VERSION, "key": key, "count": count}:
+        if json.loads(lines[0]) == header:
             for line in lines[1:]:
                 try:
                     entry = json.loads(line)
-                    done[entry["chunk"]] = entry["bad"]
-                except (ValueError, KeyError, TypeError):  # a line cut short by a crash: that chunk is packed again
+                except ValueError:  # a line cut short by a crash: that chunk is packed again
                     continue
+                keys = {"chunk", "bad", "start", "lengths"} if fmt == "jpeg" else {"chunk", "bad"}
+                if isinstance(entry, dict) and set(entry) == keys:
+                    done[entry.pop("chunk")] = entry
     except (OSError, ValueError, IndexError):
         pass
-    images = path / "images.u8"
-    if done and not (images.is_file() and images.stat().st_size == count * image_bytes):
+    # Raw: the file has its full size from the start. JPEG: bytes past the last recorded chunk
+    # were written by a chunk that was not recorded, and are cut off.
+    ends = [entry["start"] + sum(entry["lengths"]) for entry in done.values()] if fmt == "jpeg" else []
+    end = count * image_bytes if fmt == "raw" else max(ends, default=0)
+    if done and not (images.is_file() and images.stat().st_size >= end):
         done = {}  # the half-pack's images are gone or cut short: start over
     if not done:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
-        progress.write_text(json.dumps({"version": PACK_VERSION, "key": key, "count": count}) + "\n")
+        progress.write_text(json.dumps(header) + "\n")
+        end = count * image_bytes if fmt == "raw" else 0
     (path / "pack.json").unlink(missing_ok=True)
     with open(images, "ab") as f:
-        f.truncate(count * image_bytes)  # sparse: blocks are allocated as chunks are written
+        f.truncate(end)  # raw: sparse, blocks are allocated as chunks are written
     return done
 
 
-def check_free_space(path: Path, total_bytes: int, pack_dir: Path) -> None:
+def check_free_space(images: Path, total_bytes: int, fmt: str) -> None:
     """DataError when the disk lacks the space the rest of the pack needs."""
-    allocated = (path / "images.u8").stat().st_blocks * 512
-    needed, free = total_bytes - allocated, shutil.disk_usage(path).free
+    written = images.stat().st_blocks * 512 if fmt == "raw" else images.stat().st_size
+    needed, free = total_bytes - written, shutil.disk_usage(images.parent).free
     if needed > free:
-        raise DataError(no_space_message(path, needed, free), "pack_dir")
+        raise DataError(no_space_message(images.parent, needed, free), "pack_dir")
 
 
 def no_space_message(path: Path, needed: int, free: int | None = None) -> str:
@@ -154,12 +185,16 @@ def disk_size(size: int) -> str:
 
 
 def write_chunks(
-    path: Path, samples: list, channels: int, size: int, workers: int, todo: list[int], done: dict
+    path: Path, samples: list, channels: int, size: int, workers: int, todo: list[int], done: dict, fmt: str
 ) -> None:
     """Decode and write the `todo` chunks over `workers` processes, recording each in progress.jsonl
-    once it is on disk; a progress bar with an ETA on a terminal, a line every 10% otherwise."""
+    once it is on disk; a progress bar with an ETA on a terminal, a line every 10% otherwise.
+
+    Raw chunks are written in place by the workers; JPEG chunks come back as bytes, which this
+    process appends to images.jpg.
+    """
     loader = torch.utils.data.DataLoader(
-        PackChunks(path / "images.u8", samples, channels, size),
+        PackChunks(path / DATA_FILES[fmt], samples, channels, size, fmt),
         batch_size=None,
         sampler=todo,
         num_workers=workers,
@@ -170,15 +205,17 @@ def write_chunks(
     packed = sum(min(CHUNK, total - chunk * CHUNK) for chunk in done)
     bar = tqdm(total=total, initial=packed, desc="  packing", unit="img", disable=not sys.stdout.isatty())
     started, first, next_report = time.perf_counter(), packed, packed + total // 10
-    with open(path / "progress.jsonl", "a") as progress:
+    with open(path / "progress.jsonl", "a") as progress, open(path / DATA_FILES[fmt], "ab") as images:
         try:
-            for chunk, count, bad, failure in loader:
+            for chunk, count, bad, failure, encoded in loader:
+                entry = {"bad": bad}
+                if encoded is not None and failure is None:
+                    entry.update(start=images.tell(), lengths=[len(data) for data in encoded])
+                    failure = append_synced(images, encoded)
                 if failure is not None:
                     raise DataError(failure, "pack_dir")
-                progress.write(json.dumps({"chunk": chunk, "bad": bad}) + "\n")
-                progress.flush()
-                os.fsync(progress.fileno())
-                done[chunk] = bad
+                append_synced(progress, [json.dumps({"chunk": chunk, **entry}) + "\n"])
+                done[chunk] = entry
                 packed += count
                 bar.update(count)
                 if bar.disable and packed >= next_report and packed < total:
@@ -193,57 +230,86 @@ def write_chunks(
     bar.close()
 
 
-class PackChunks(torch.utils.data.Dataset):
-    """Chunk number -> (chunk, images written, unreadable rows, error message or None), for DataLoader workers.
+def append_synced(file, pieces: list) -> str | None:
+    """Write pieces at the end of an open file and flush them to disk -> None, or what went wrong."""
+    try:
+        for piece in pieces:
+            file.write(piece)
+        file.flush()
+        os.fsync(file.fileno())
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return no_space_message(Path(file.name).parent, len(b"".join(pieces) if pieces else b""))
+        return f"cannot write {file.name} ({error})"
+    return None
 
-    Each worker decodes its chunk's files and writes them at their rows of images.u8, flushed to
-    disk before it reports: a chunk in progress.jsonl is on disk, whatever happens next.
+
+class PackChunks(torch.utils.data.Dataset):
+    """Chunk number -> (chunk, images, unreadable rows, error message or None, JPEG bytes or None), for DataLoader
+    workers.
+
+    Raw: each worker decodes its chunk's files and writes them at their rows of images.u8, flushed
+    to disk before it reports: a chunk in progress.jsonl is on disk, whatever happens next. JPEG:
+    it returns them encoded, for the main process to append.
     """
 
-    def __init__(self, images_file: Path, samples: list, channels: int, size: int) -> None:
-        self.images_file, self.samples, self.channels, self.size = images_file, samples, channels, size
+    def __init__(self, images_file: Path, samples: list, channels: int, size: int, fmt: str = "raw") -> None:
+        self.images_file, self.samples, self.channels, self.size, self.fmt = images_file, samples, channels, size, fmt
 
     def __len__(self) -> int:
         return -(-len(self.samples) // CHUNK)
 
-    def __getitem__(self, chunk: int) -> tuple[int, int, list[int], str | None]:
+    def __getitem__(self, chunk: int) -> tuple[int, int, list[int], str | None, list[bytes] | None]:
         rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self.samples)))
+        images, bad = [], []
+        for row in rows:
+            try:
+                images.append((row, decode_for_store(self.samples[row][0], self.channels, self.size)))
+            except BadImageError as error:
+                print(f"warning: skipping {error}", file=sys.stderr)
+                bad.append(row)
+        if self.fmt == "jpeg":
+            encoded = [encode_jpeg(image, quality=JPEG_QUALITY).numpy().tobytes() for _, image in images]
+            return chunk, len(rows), bad, None, encoded
+        return chunk, len(rows), bad, self.write_raw(images), None
+
+    def write_raw(self, images: list[tuple[int, torch.Tensor]]) -> str | None:
+        """Each (row, (C, R, R) image) at its row of images.u8, flushed to disk -> None, or what went wrong."""
         image_bytes = self.size * self.size * self.channels
-        bad = []
         fd = os.open(self.images_file, os.O_WRONLY)
         try:
-            for row in rows:
-                try:
-                    image = decode_for_store(self.samples[row][0], self.channels, self.size)
-                except BadImageError as error:
-                    print(f"warning: skipping {error}", file=sys.stderr)
-                    bad.append(row)
-                    continue
+            for row, image in images:
                 # (C, R, R) -> (R, R, C): the layout of the pack
                 os.pwrite(fd, image.permute(1, 2, 0).contiguous().numpy().tobytes(), row * image_bytes)
             os.fsync(fd)
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                needed = (len(self.samples) - rows.start) * image_bytes
-                return chunk, 0, bad, no_space_message(self.images_file.parent, needed)
-            return chunk, 0, bad, f"cannot write {self.images_file} ({error})"
+                needed = (len(self.samples) - images[0][0]) * image_bytes
+                return no_space_message(self.images_file.parent, needed)
+            return f"cannot write {self.images_file} ({error})"
         finally:
             os.close(fd)
-        return chunk, len(rows), bad, None
+        return None
 
 
 class PackedFiles:
     """A pack's images, read a batch at a time: image numbers -> (uint8 (B, C, R, R), labels (B,)).
 
-    One gather from the memory map per batch, no decoding: numpy's take releases the GIL while it
-    copies (and while the disk is read), so background threads gather batches side by side,
+    Raw: one gather from the memory map per batch, no decoding. JPEG: each image decoded by
+    libjpeg-turbo (torchvision.io.decode_jpeg). Both release the GIL while they work (numpy's take
+    while it copies and the disk is read), so background threads gather batches side by side,
     without the pickling and shared-memory copies of worker processes.
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
-        self.path, self.rows, self.labels = path, meta["rows"], meta["labels"]
+        self.path, self.format, self.rows, self.labels = path, meta["format"], meta["rows"], meta["labels"]
+        self.starts, self.lengths = meta.get("starts"), meta.get("lengths")
         self.shape = (meta["count"], meta["size"], meta["size"], meta["channels"])
-        self.images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=self.shape)
+        file = path / DATA_FILES[self.format]
+        if self.format == "raw":
+            self.images = np.memmap(file, dtype=np.uint8, mode="r", shape=self.shape)
+        else:
+            self.images = np.memmap(file, dtype=np.uint8, mode="r") if meta["bytes"] else np.zeros(0, np.uint8)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -252,5 +318,11 @@ class PackedFiles:
         """The images and labels of `indices`, straight into page-locked memory with `pin_memory` (for CUDA)."""
         indices = indices.numpy()
         batch = torch.empty((len(indices), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin_memory)
-        np.take(self.images, self.rows[indices], axis=0, out=batch.numpy())  # (B, R, R, C)
+        if self.format == "raw":
+            np.take(self.images, self.rows[indices], axis=0, out=batch.numpy())  # (B, R, R, C)
+        else:
+            mode = ImageReadMode.GRAY if self.shape[-1] == 1 else ImageReadMode.RGB
+            for i, (start, length) in enumerate(zip(self.starts[indices].tolist(), self.lengths[indices].tolist())):
+                data = torch.from_numpy(np.array(self.images[start : start + length]))
+                batch[i] = decode_jpeg(data, mode=mode).permute(1, 2, 0)  # (C, R, R) -> (R, R, C)
         return batch.permute(0, 3, 1, 2), torch.from_numpy(self.labels[indices])  # -> (B, C, R, R), channels_last

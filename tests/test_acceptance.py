@@ -19,4 +19,10 @@ def test_acceptance_command_runs_in_its_no_cuda_mode(tmp_path: Path) -> None:
     assert summary["default_run"]["epochs"] == 1 and 0 <= summary["default_run"]["data_share"] <= 1
     jpegs = summary["bench_jpegs"]
     assert jpegs["train_images"] == 30 and jpegs["ours_images_per_second"] > 0 and "streamed" in jpegs["ours_settings"]
+    loaders = summary["loaders_jpegs"]  # bench.py --loader-only on the same folder
+    for key in ("conventional", "stream", "packed", "packed_jpeg"):
+        assert loaders[f"{key}_images_per_second"] > 0
+    assert loaders["pack_bytes"] >= 30 * 3 * 77 * 77 > loaders["pack_jpeg_bytes"] > 0  # 67 px crops of 77 px images
+    training = summary["training_packed_vs_memory"]
+    assert training["ok"] and training["packed_images_per_second"] > 0 and training["memory_images_per_second"] > 0
     assert not list(tmp_path.iterdir())  # its work happened in a temporary folder, now gone
