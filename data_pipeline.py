@@ -147,6 +147,11 @@ class InMemory:
     def num_batches(self) -> int:
         return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
 
+    def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Some images and their labels, on the device (for pictures and samples)."""
+        index = torch.tensor(indices, device=self.labels.device)
+        return self.images[index], self.labels[index]
+
     def batches(self, seed: int = 0, start: int = 0):
         """(uint8 images, labels) batches from batch `start` on, shuffled by `seed` when training."""
         order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size).to(
@@ -235,6 +240,11 @@ class Packed:
 
     def num_batches(self) -> int:
         return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
+
+    def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Some images and their labels, on the device (for pictures and samples)."""
+        images, labels = self.files.gather(torch.tensor(indices))
+        return images.to(self.device), labels.to(self.device)
 
     def batches(self, seed: int = 0, start: int = 0):
         """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training:

@@ -16,7 +16,7 @@ Examples:
 
 Each run writes runs/<name>/: last.pt and best.pt (everything inference.py needs, plus optimiser
 state for --resume), metrics.jsonl (one line per epoch), pictures (curves.png, filters.png,
-predictions.png, confusion.png) and, for in-memory datasets, a few validation images under
+predictions.png, confusion.png) and, for in-memory and packed datasets, a few validation images under
 samples/ to try inference.py on. Ctrl-C (or SIGTERM) saves a resumable checkpoint and stops.
 
 Data that fits in memory (everything but ImageNet-sized folders) is decoded once, kept on the
@@ -61,6 +61,7 @@ from data_pipeline import (
     Data,
     DataConfig,
     InMemory,
+    Packed,
     load_data,
     stored_bytes,
 )
@@ -820,8 +821,9 @@ def new_run_dir(run: Run) -> Path:
                 f"error: run directory {run_dir} already exists; choose another --name or --resume {run_dir}"
             )
         run_dir.mkdir(parents=True)
-        if isinstance(run.data.val, InMemory):
-            save_samples(run.data.val.images, run.data.val.labels, run.data.classes, run_dir / "samples")
+        if isinstance(run.data.val, (InMemory, Packed)):  # images at hand, without decoding files
+            images, labels = run.data.val.take(sample_indices(8, len(run.data.val)))
+            save_samples(images, labels, run.data.classes, run_dir / "samples")
     return run_dir
 
 
@@ -1062,9 +1064,8 @@ def save_pictures(run: Run, val: dict) -> None:
     names = data.class_names or data.classes  # "Samoyed" rather than "n02111889"
     if len(data.classes) <= 20:
         plot_confusion(val["confusion"], names, run_dir / "confusion.png")
-    if isinstance(data.val, InMemory):
-        index = torch.tensor(sample_indices(8, len(data.val)), device=run.setup.device)
-        images, labels = data.val.images[index], data.val.labels[index]
+    if isinstance(data.val, (InMemory, Packed)):
+        images, labels = data.val.take(sample_indices(8, len(data.val)))
         model.eval()
         with torch.no_grad(), autocast(run.setup.device, run.setup.amp_dtype):
             x = eval_transform(images, data.preprocess).contiguous(memory_format=run.setup.memory_format)

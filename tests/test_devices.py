@@ -1,12 +1,14 @@
 """Every device present: the CPU, and CUDA or Apple MPS where there is one (skipped where absent, as
 torchvision's tests do; `pytest -m gpu` runs just those on a GPU machine). The model in each precision,
-train.py in memory and streamed, exact --resume with --deterministic, inference, and checkpoints and
-RNG states moving between devices. The GPU crop path against the CPU one: test_pipeline.py."""
+train.py in memory, streamed and packed, packed batches on the device, exact --resume with
+--deterministic, inference, and checkpoints and RNG states moving between devices. The GPU crop path
+against the CPU one: test_pipeline.py."""
 
 import copy
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,9 @@ from PIL import Image
 
 from alexnet import AlexNet
 from checkpoints import load_checkpoint, rng_states, set_rng_states
+from data_pipeline import DataConfig, load_data
 from engine import autocast, predict
+from packs import PACK_FORMATS
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--image-size", "67", "--log-interval", "1"]
@@ -58,10 +62,12 @@ def write_folder(root: Path, per_class: int = 8) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", gpus())  # on the CPU: every other test of train.py
-@pytest.mark.parametrize("loader, amp", [("memory", "auto"), ("stream", "auto"), ("memory", "fp16")])
+@pytest.mark.parametrize(
+    "loader, amp", [("memory", "auto"), ("stream", "auto"), ("packed", "auto"), ("memory", "fp16")]
+)
 def test_train_a_few_steps_on_the_device(device: str, loader: str, amp: str, tmp_path: Path) -> None:
-    """In memory (uint8 on the device, grid crops), streamed (pinned memory, non_blocking copies), and
-    fp16 with its GradScaler; cuDNN autotuning and TF32 in all three."""
+    """In memory (uint8 on the device, grid crops), streamed and packed (pinned memory, non_blocking
+    copies), and fp16 with its GradScaler; cuDNN autotuning and TF32 in all of them."""
     write_folder(tmp_path / "folder")
     args = ["--data", "folder", "--device", device, "--loader", loader, "--amp", amp, "--workers", "2", *TINY]
     args += ["--name", "r"]
@@ -71,6 +77,27 @@ def test_train_a_few_steps_on_the_device(device: str, loader: str, amp: str, tmp
     assert all(isinstance(value, float) and value == value for key, value in row.items() if key != "epoch")
     model, meta = load_checkpoint(tmp_path / "runs" / "r" / "last.pt", "cpu")  # saved on the device, read on the CPU
     assert meta["classes"] == ["a", "b"] and next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("fmt", PACK_FORMATS)
+def test_packed_batches_reach_the_device_unchanged(device: str, fmt: str, tmp_path: Path) -> None:
+    """Packed batches (pinned memory and non_blocking copies on CUDA) equal those read on the CPU,
+    and, from a raw pack, the in-memory batches."""
+    write_folder(tmp_path / "folder")
+    config = DataConfig(data_dir=str(tmp_path / "folder"), data_root=str(tmp_path / "data"), loader="packed",
+                        pack_format=fmt, image_size=67, batch_size=4, workers=2)  # fmt: skip
+    on_device = load_data(config, torch.device(device))
+    on_cpu = load_data(config, torch.device("cpu"))
+    in_memory = load_data(replace(config, loader="memory"), torch.device("cpu"))
+    for split in ("train", "val"):
+        batches = list(getattr(on_device, split).batches(seed=1, start=1))
+        assert len(batches) == getattr(on_device, split).num_batches() - 1 > 0
+        assert all(images.device.type == device and labels.device.type == device for images, labels in batches)
+        references = [list(getattr(data, split).batches(seed=1, start=1)) for data in (on_cpu, in_memory)]
+        for reference in references[: 2 if fmt == "raw" else 1]:  # JPEG is lossy: only itself on the CPU
+            for (images, labels), (expected_images, expected_labels) in zip(batches, reference, strict=True):
+                assert torch.equal(images.cpu(), expected_images) and torch.equal(labels.cpu(), expected_labels)
 
 
 @pytest.mark.slow
