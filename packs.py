@@ -23,6 +23,7 @@ background threads, into pinned memory on CUDA, copied to the device with non_bl
 """
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+from PIL import Image
 from tqdm import tqdm
 
 from checkpoints import write_atomically
@@ -269,8 +270,7 @@ class PackChunks(torch.utils.data.Dataset):
                 print(f"warning: skipping {error}", file=sys.stderr)
                 bad.append(row)
         if self.fmt == "jpeg":
-            encoded = [encode_jpeg(image, quality=JPEG_QUALITY).numpy().tobytes() for _, image in images]
-            return chunk, len(rows), bad, None, encoded
+            return chunk, len(rows), bad, None, [encode_jpeg(image) for _, image in images]
         return chunk, len(rows), bad, self.write_raw(images), None
 
     def write_raw(self, images: list[tuple[int, torch.Tensor]]) -> str | None:
@@ -292,13 +292,28 @@ class PackChunks(torch.utils.data.Dataset):
         return None
 
 
+def encode_jpeg(image: torch.Tensor) -> bytes:
+    """(C, R, R) uint8 -> the bytes of a JPEG file (Pillow's libjpeg-turbo, JPEG_QUALITY)."""
+    pixels = image.permute(1, 2, 0).numpy()  # (R, R, C)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def decode_jpeg(data: np.ndarray, out: np.ndarray) -> None:
+    """The bytes of a JPEG file -> its pixels, written into `out` (R, R, C): Pillow decodes without the GIL."""
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("L" if out.shape[-1] == 1 else "RGB"))
+    out[...] = pixels.reshape(out.shape)
+
+
 class PackedFiles:
     """A pack's images, read a batch at a time: image numbers -> (uint8 (B, C, R, R), labels (B,)).
 
     Raw: one gather from the memory map per batch, no decoding. JPEG: each image decoded by
-    libjpeg-turbo (torchvision.io.decode_jpeg). Both release the GIL while they work (numpy's take
-    while it copies and the disk is read), so background threads gather batches side by side,
-    without the pickling and shared-memory copies of worker processes.
+    Pillow's libjpeg-turbo. Both release the GIL while they work (numpy's take while it copies and
+    the disk is read), so background threads gather batches side by side, without the pickling
+    and shared-memory copies of worker processes.
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -321,8 +336,7 @@ class PackedFiles:
         if self.format == "raw":
             np.take(self.images, self.rows[indices], axis=0, out=batch.numpy())  # (B, R, R, C)
         else:
-            mode = ImageReadMode.GRAY if self.shape[-1] == 1 else ImageReadMode.RGB
+            pixels = batch.numpy()
             for i, (start, length) in enumerate(zip(self.starts[indices].tolist(), self.lengths[indices].tolist())):
-                data = torch.from_numpy(np.array(self.images[start : start + length]))
-                batch[i] = decode_jpeg(data, mode=mode).permute(1, 2, 0)  # (C, R, R) -> (R, R, C)
+                decode_jpeg(self.images[start : start + length], pixels[i])
         return batch.permute(0, 3, 1, 2), torch.from_numpy(self.labels[indices])  # -> (B, C, R, R), channels_last
