@@ -61,9 +61,11 @@ def read_pack(path: Path, key: str) -> dict | None:
     files, or damaged (then a warning line)."""
     try:
         meta = json.loads((path / "pack.json").read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
         print(f"warning: {path / 'pack.json'} cannot be read (damaged?); packing again", file=sys.stderr)
         return None
     if meta.get("version") != PACK_VERSION or meta.get("key") != key:
@@ -91,16 +93,24 @@ def build_pack(
     meta = read_pack(path, key)
     if meta is not None:
         return path, meta
-    done = start_packing(path, key, len(samples), size * size * channels, fmt)
+    # JPEG's size is known once written: reckon a fifth of raw's (measured: a tenth); and the index.
+    needed = len(samples) * (size * size * channels // (1 if fmt == "raw" else 5) + 32) + 2**20
+    check_free_space(path / DATA_FILES[fmt], needed, fmt)  # before anything is written
+    try:
+        done = start_packing(path, key, len(samples), size * size * channels, fmt)
+    except OSError as error:  # e.g. --pack-dir is a file, or read-only
+        raise DataError(f"cannot write a pack in {path.parent} ({error.strerror or error})", "pack_dir") from None
     todo = [chunk for chunk in range(-(-len(samples) // CHUNK)) if chunk not in done]
-    # JPEG's size is known once written: reckon a fifth of raw's (measured: a tenth)
-    needed = len(samples) * size * size * channels // (1 if fmt == "raw" else 5)
-    check_free_space(path / DATA_FILES[fmt], needed, fmt)
     resuming = f", resuming after {len(done)} chunks of {CHUNK}" if done else ""
     print(f"Packing {len(samples)} images from {split_dir} at {size}px into {path}/ "
           f"(once: {'' if fmt == 'raw' else 'at most about '}{disk_size(needed)}{resuming})")  # fmt: skip
     write_chunks(path, samples, channels, size, workers, todo, done, fmt)
-    finish_pack(path, key, split_dir, samples, channels, size, fmt, done)
+    try:
+        finish_pack(path, key, split_dir, samples, channels, size, fmt, done)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(no_space_message(path, 2**20), "pack_dir") from None
+        raise DataError(f"cannot write {path} ({error.strerror or error})", "pack_dir") from None
     return path, read_pack(path, key)
 
 
@@ -159,8 +169,10 @@ def start_packing(path: Path, key: str, count: int, image_bytes: int, fmt: str) 
     if not done:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
-        progress.write_text(json.dumps(header) + "\n")
         end = count * image_bytes if fmt == "raw" else 0
+    # Only the lines read back stay (a line cut short by a crash goes), so that the next ones append cleanly.
+    lines = [json.dumps(header)] + [json.dumps({"chunk": chunk, **entry}) for chunk, entry in done.items()]
+    write_atomically(progress, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
     (path / "pack.json").unlink(missing_ok=True)
     with open(images, "ab") as f:
         f.truncate(end)  # raw: sparse, blocks are allocated as chunks are written
@@ -168,9 +180,14 @@ def start_packing(path: Path, key: str, count: int, image_bytes: int, fmt: str) 
 
 
 def check_free_space(images: Path, total_bytes: int, fmt: str) -> None:
-    """DataError when the disk lacks the space the rest of the pack needs."""
-    written = images.stat().st_blocks * 512 if fmt == "raw" else images.stat().st_size
-    needed, free = total_bytes - written, shutil.disk_usage(images.parent).free
+    """DataError when the disk lacks the space the rest of the pack needs (what a half-pack holds counts as written)."""
+    written = 0
+    if images.is_file():
+        written = images.stat().st_blocks * 512 if fmt == "raw" else images.stat().st_size
+    existing = next(folder for folder in images.parents if folder.exists())  # the pack's folder may not exist yet
+    if not existing.is_dir():
+        raise DataError(f"{existing} is a file, not a folder; choose a folder for the packs", "pack_dir")
+    needed, free = total_bytes - written, shutil.disk_usage(existing).free
     if needed > free:
         raise DataError(no_space_message(images.parent, needed, free), "pack_dir")
 
@@ -182,7 +199,7 @@ def no_space_message(path: Path, needed: int, free: int | None = None) -> str:
 
 
 def disk_size(size: int) -> str:
-    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB" if size >= 1e7 else f"{size / 1e6:.1f} MB"
 
 
 def write_chunks(
@@ -215,7 +232,9 @@ def write_chunks(
                     failure = append_synced(images, encoded)
                 if failure is not None:
                     raise DataError(failure, "pack_dir")
-                append_synced(progress, [json.dumps({"chunk": chunk, **entry}) + "\n"])
+                failure = append_synced(progress, [json.dumps({"chunk": chunk, **entry}) + "\n"])
+                if failure is not None:
+                    raise DataError(failure, "pack_dir")
                 done[chunk] = entry
                 packed += count
                 bar.update(count)
@@ -240,7 +259,7 @@ def append_synced(file, pieces: list) -> str | None:
         os.fsync(file.fileno())
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return no_space_message(Path(file.name).parent, len(b"".join(pieces) if pieces else b""))
+            return no_space_message(Path(file.name).parent, sum(len(piece) for piece in pieces))
         return f"cannot write {file.name} ({error})"
     return None
 
