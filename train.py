@@ -220,7 +220,10 @@ def add_data_flags(group: argparse._ArgumentGroup) -> None:
         "again every epoch)",
     )
     group.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes for image folders"
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="image folders: processes that decode (caching, streaming, packing) and threads that read packs",
     )
     group.add_argument(
         "--max-bad-files",

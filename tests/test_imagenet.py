@@ -259,13 +259,18 @@ def test_kaggle_layout_is_read_in_place_with_validation_labels_from_the_csv(work
     assert data.val.labels.tolist() == [0, 0, 1, 1]
 
 
-def test_kaggle_layout_streams_with_the_same_labels(work: Path) -> None:
+@pytest.mark.parametrize("loader", ["stream", "packed"])
+def test_kaggle_layout_streams_or_packs_with_the_same_labels(work: Path, loader: str) -> None:
     root = write_kaggle(work / "kaggle", ["n01440764", "n02111889"])
-    data = load(work, dataset="imagenet", data_root=str(root), loader="stream")
+    data = load(work, dataset="imagenet", data_root=str(root), loader=loader)
     labels = torch.cat([labels for _, labels in data.val.batches()])
     assert labels.tolist() == [0, 0, 1, 1] and data.class_names == ["tench", "Samoyed"]
     images, _ = next(data.train.batches(seed=0))
     assert images.dtype == torch.uint8 and images.shape[1:] == (3, 40, 40)
+    if loader == "packed":  # the packs sit under the data root, and hold the in-memory pixels
+        assert len(list((root / "packs").glob("*/pack.json"))) == 2
+        memory = load(work, dataset="imagenet", data_root=str(root))
+        assert torch.equal(images, next(memory.train.batches(seed=0))[0])
 
 
 def break_kaggle(root: Path, mishap: str) -> str:
