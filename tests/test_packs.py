@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from conftest import ROOT, SCRIPT_ENV, run
+from conftest import run
 from PIL import Image
 
 import packs
@@ -677,12 +676,11 @@ def test_bench_loader_only_needs_data(capsys: pytest.CaptureFixture) -> None:
     assert "--data" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_memory_is_reused_on_glibc() -> None:
-    code = "import engine; print(engine.reuse_freed_memory())"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+    from engine import reuse_freed_memory
+
+    assert reuse_freed_memory()  # glibc took both settings (what train.py does on the CPU, harmless here)
 
 
 # --- channels_last in presets.py -------------------------------------------------------------------------
