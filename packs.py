@@ -329,21 +329,23 @@ def decode_jpeg(data: np.ndarray, out: np.ndarray) -> None:
 class PackedFiles:
     """A pack's images, read a batch at a time: image numbers -> (uint8 (B, C, R, R), labels (B,)).
 
-    Raw: one gather from the memory map per batch, no decoding. JPEG: each image decoded by
-    Pillow's libjpeg-turbo. Both release the GIL while they work (numpy's take while it copies and
-    the disk is read), so background threads gather batches side by side, without the pickling
-    and shared-memory copies of worker processes.
+    Raw: each image is one read of its bytes straight into the batch, no decoding. JPEG: each image
+    read, then decoded by Pillow's libjpeg-turbo. Reads (os.preadv) and decoding release the GIL,
+    so background threads gather batches side by side, without the pickling and shared-memory
+    copies of worker processes. (Reads, not a memory map: copying from a map faults in every 4 KB
+    page; measured on 2 cores, 15,000 against 1,900 images a second on one thread.)
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
         self.path, self.format, self.rows, self.labels = path, meta["format"], meta["rows"], meta["labels"]
         self.starts, self.lengths = meta.get("starts"), meta.get("lengths")
         self.shape = (meta["count"], meta["size"], meta["size"], meta["channels"])
-        file = path / DATA_FILES[self.format]
-        if self.format == "raw":
-            self.images = np.memmap(file, dtype=np.uint8, mode="r", shape=self.shape)
-        else:
-            self.images = np.memmap(file, dtype=np.uint8, mode="r") if meta["bytes"] else np.zeros(0, np.uint8)
+        self.file = path / DATA_FILES[self.format]
+        self.fd = os.open(self.file, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -352,10 +354,27 @@ class PackedFiles:
         """The images and labels of `indices`, straight into page-locked memory with `pin_memory` (for CUDA)."""
         indices = indices.numpy()
         batch = torch.empty((len(indices), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin_memory)
+        pixels = batch.numpy()  # (B, R, R, C)
         if self.format == "raw":
-            np.take(self.images, self.rows[indices], axis=0, out=batch.numpy())  # (B, R, R, C)
+            image_bytes = pixels[0].nbytes if len(pixels) else 0
+            for i, row in enumerate(self.rows[indices].tolist()):
+                self.read_into(pixels[i], row * image_bytes)
         else:
-            pixels = batch.numpy()
             for i, (start, length) in enumerate(zip(self.starts[indices].tolist(), self.lengths[indices].tolist())):
-                decode_jpeg(self.images[start : start + length], pixels[i])
+                data = np.empty(length, np.uint8)
+                self.read_into(data, start)
+                decode_jpeg(data, pixels[i])
         return batch.permute(0, 3, 1, 2), torch.from_numpy(self.labels[indices])  # -> (B, C, R, R), channels_last
+
+    def read_into(self, buffer: np.ndarray, offset: int) -> None:
+        """Fill `buffer` with the pack's bytes from `offset` on."""
+        view = memoryview(buffer).cast("B")
+        if hasattr(os, "preadv"):
+            count = os.preadv(self.fd, [view], offset)
+        else:  # where Python has no preadv: one more copy
+            data = os.pread(self.fd, len(view), offset)
+            count, view[: len(data)] = len(data), data
+        if count != len(view):
+            raise DataError(
+                f"{self.file} is shorter than its pack.json says; delete {self.path} to pack again", "pack_dir"
+            )

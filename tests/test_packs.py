@@ -500,6 +500,18 @@ def test_a_pack_of_other_files_is_stale_silently(photos: Path, tmp_path: Path, c
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_pack_cut_short_while_in_use_is_one_data_error(photos: Path, tmp_path: Path, fmt: str) -> None:
+    samples = samples_of(photos, "train")
+    path, meta = pack(tmp_path / "packs", photos, samples, fmt)
+    files = PackedFiles(path, meta)
+    data = path / ("images.u8" if fmt == "raw" else "images.jpg")
+    os.truncate(data, data.stat().st_size // 2)
+    with pytest.raises(DataError, match="shorter than its pack.json") as cut:
+        files.gather(torch.arange(len(files)))
+    assert cut.value.setting == "pack_dir" and str(path) in str(cut.value)
+
+
 # --- Full disks ------------------------------------------------------------------------------------
 
 
