@@ -18,7 +18,7 @@ Disk: R x R x C bytes per image, 196,608 at 256 px in colour (ImageNet's 1.28 M 
 
 Packing (`build_pack`) runs over `workers` processes, each decoding a chunk of 64 files and
 writing it in place, flushed to disk before the chunk is counted as done. Reading
-(`PackedFiles`) gathers a batch of rows from a memory map; data_pipeline's `Packed` does it in
+(`PackedFiles`) reads a batch's images straight into it; data_pipeline's `Packed` does it in
 background threads, into pinned memory on CUDA, copied to the device with non_blocking.
 """
 
