@@ -2,22 +2,26 @@
 
 The paper trained on images "down-sampled to a fixed resolution of 256 x 256". A pack holds
 exactly that: each image of a split with its shorter side resized to R and the central R x R
-square kept (the pixels that folders.decode_for_store gives the in-memory path), as raw uint8,
-one image after the other, so that an epoch reads bytes instead of decoding JPEGs again.
+square kept (the pixels that folders.decode_for_store gives the in-memory path), one image after
+the other, so that an epoch reads bytes instead of decoding full-size JPEGs again.
 
-    <pack dir>/<folder>-<split>-<hash>-<R>px-<C>ch/
-        images.u8      N x R x R x C uint8 (height, width, channels: the layout JPEG decoders
+    <pack dir>/<folder>-<split>-<hash>-<R>px-<C>ch[-jpeg]/
+        images.u8      raw: N x R x R x C uint8 (height, width, channels: the layout JPEG decoders
                        give, and channels_last for the network); unreadable files leave zeros
-        index.npy      (2, M) int64: the row and the label of each of the M readable images
+        images.jpg     JPEG: each readable image as a JPEG file at JPEG_QUALITY, one after the other
+        index.npy      (2, M) int64: the row and the label of each of the M readable images; JPEG:
+                       (4, M), with where its bytes start in images.jpg and how many they are
         pack.json      what was packed, and from what (the folder's listing_key); written last,
                        so a pack without it is never read as complete
         progress.jsonl while packing: one line per finished chunk (resumes after Ctrl-C or a crash)
 
-Disk: R x R x C bytes per image, 196,608 at 256 px in colour (ImageNet's 1.28 M training images:
-252 GB, its 50,000 validation images: 9.8 GB); the file is written sparsely, chunk by chunk.
+Disk: raw, R x R x C bytes per image, 196,608 at 256 px in colour (ImageNet's 1.28 M training
+images: 252 GB, its 50,000 validation images: 9.8 GB), written sparsely, chunk by chunk; JPEG,
+about 20 KB an image at 256 px (measured on photos), decoded again at every read.
 
 Packing (`build_pack`) runs over `workers` processes, each decoding a chunk of 64 files and
-writing it in place, flushed to disk before the chunk is counted as done. Reading
+writing it in place (JPEG: handing it to the main process, which appends it), flushed to disk
+before the chunk is counted as done. Reading
 (`PackedFiles`) reads a batch's images straight into it; data_pipeline's `Packed` does it in
 background threads, into pinned memory on CUDA, copied to the device with non_blocking.
 """
