@@ -128,19 +128,22 @@ def run_bench(work: Path, arguments: list[str], size: int, batch: int) -> dict:
 def loaders(work: Path, folder: Path, size: int, batch: int, cuda: bool) -> dict:
     """bench.py --loader-only: images per second each loader delivers to the device, without a model."""
     count = "20000" if cuda else "64"
-    figures = run_bench(work, ["--data", str(folder), "--loader-only", "--loader-images", count], size, batch)
+    arguments = ["--data", str(folder), "--loader-only", "--loader-images", count, "--pack-dir", str(work / "packs")]
+    figures = run_bench(work, arguments, size, batch)
     keep = ("ok", "error", "conventional_images_per_second", "stream_images_per_second", "packed_images_per_second",
-            "packed_jpeg_images_per_second", "workers", "pack_bytes", "pack_seconds", "pack_jpeg_bytes",
-            "pack_jpeg_seconds")  # fmt: skip
+            "packed_jpeg_images_per_second", "workers", "image_size", "device", "pack_bytes", "pack_seconds",
+            "pack_jpeg_bytes", "pack_jpeg_seconds")  # fmt: skip
     return {key: figures[key] for key in keep if key in figures}
 
 
 def packed_vs_memory(work: Path, folder: Path, size: int, batch: int, cuda: bool) -> dict:
-    """Our training throughput (bench.py --only ours) reading the raw pack, and with the images in memory."""
+    """Our training throughput (bench.py --only ours) reading the raw pack (packed by `loaders`), and with the
+    images in memory."""
     steps = ["--steps", "30", "--warmup", "10"] if cuda else ["--steps", "2", "--warmup", "1"]
     rates = {}
     for loader in ("packed", "memory"):
-        figures = run_bench(work, ["--data", str(folder), "--loader", loader, "--only", "ours", *steps], size, batch)
+        arguments = ["--data", str(folder), "--loader", loader, "--pack-dir", str(work / "packs"), "--only", "ours"]
+        figures = run_bench(work, [*arguments, *steps], size, batch)
         if not figures["ok"]:
             return {"ok": False, "error": f"--loader {loader}: {figures['error']}"}
         rates[loader] = figures["images_per_second"]

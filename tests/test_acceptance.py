@@ -1,6 +1,7 @@
 """acceptance.py, the GPU acceptance command, in the mode it runs in without CUDA."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ def test_acceptance_command_runs_in_its_no_cuda_mode(tmp_path: Path) -> None:
     loaders = summary["loaders_jpegs"]  # bench.py --loader-only on the same folder
     for key in ("conventional", "stream", "packed", "packed_jpeg"):
         assert loaders[f"{key}_images_per_second"] > 0
-    assert loaders["pack_bytes"] >= 30 * 3 * 77 * 77 > loaders["pack_jpeg_bytes"] > 0  # 67 px crops of 77 px images
+    assert loaders["workers"] == min(16, os.cpu_count() or 1) and loaders["image_size"] == 67
+    assert loaders["device"] == "cpu" and loaders["pack_seconds"] > 0 and loaders["pack_jpeg_seconds"] > 0
+    assert loaders["pack_bytes"] >= 40 * 3 * 77 * 77 > loaders["pack_jpeg_bytes"] > 0  # 67 px crops of 77 px images
     training = summary["training_packed_vs_memory"]
     assert training["ok"] and training["packed_images_per_second"] > 0 and training["memory_images_per_second"] > 0
     assert not list(tmp_path.iterdir())  # its work happened in a temporary folder, now gone

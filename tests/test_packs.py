@@ -660,25 +660,6 @@ def test_train_py_trains_from_a_pack_and_auto_finds_it_next_time(work: Path) -> 
         assert (work / "runs" / name / "metrics.jsonl").is_file()
 
 
-@pytest.mark.slow
-def test_bench_loader_only_measures_the_three_loaders(work: Path) -> None:
-    root = write_folder(work / "d", train=8, val=2, unreadable=False)  # ImageFolder (conventional) stops at one
-    result = run("bench.py", "--loader-only", "--data", str(root), "--workers", "0", "--loader-images", "64",
-                 "--batch-size", "8", "--image-size", "67", "--json", "--data-root", str(work / "data"),
-                 "--pack-dir", str(work / "p"), "--device", "cpu", cwd=work)  # fmt: skip
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    rates = [key for key in report if key.endswith("_images_per_second")]
-    assert {"conventional_images_per_second", "stream_images_per_second", "packed_images_per_second"} <= set(rates)
-    for key in rates:
-        assert report[key] > 0, key
-    assert report["workers"] == 0 and report["image_size"] == 67 and report["device"] == "cpu"
-    assert report["pack_bytes"] > 0 and report["pack_seconds"] > 0  # packed by this run
-    raw = [folder for folder in (work / "p").iterdir() if not folder.name.endswith("-jpeg")]
-    assert len(raw) == 2 and all((folder / "pack.json").is_file() for folder in raw)
-    # The raw packs hold every image at the stored side (77 px for 67 px crops), in colour.
-    assert report["pack_bytes"] >= 20 * 77 * 77 * 3
-
-
 def test_bench_loader_only_needs_data(capsys: pytest.CaptureFixture) -> None:
     import bench
 
