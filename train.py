@@ -9,6 +9,8 @@ Examples:
         --lr 0.02 --nesterov --schedule onecycle --warmup-steps 195 --label-smoothing 0.1
                                                          # CIFAR-10 to 77% in 27 min on 2 CPU cores
     python train.py --data ../shared/data/hymenoptera --pretrained imagenet --epochs 5   # fine-tune
+    python train.py --data DIR --loader packed --pack-dir /nvme/packs   # decode every image once into a
+                                 # packed copy on a fast disk, then train from it (later runs find it)
     python train.py --resume runs/shapes-20261122-101500 # continue a run (its last.pt), same settings
     python train.py --data DIR --evaluate runs/x/best.pt --tta 10crop   # the paper's 10-crop test
     torchrun --nproc_per_node=4 train.py --data DIR      # 4 GPUs (or CPU processes) with DDP
