@@ -50,7 +50,7 @@ from packs import PACK_FORMATS
 from presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, train_transform
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # data
     parser.add_argument(
@@ -117,6 +117,12 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the fraction of it reached"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: a bad value is one argparse error naming the flag."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     for flag in ("batch_size", "steps", "train_size", "loader_images"):
         if getattr(args, flag) < 1:

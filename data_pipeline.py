@@ -25,6 +25,7 @@ batch on the device instead.
 import math
 import sys
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,7 @@ class InMemory:
         index = torch.tensor(indices, device=self.labels.device)
         return self.images[index], self.labels[index]
 
-    def batches(self, seed: int = 0, start: int = 0):
+    def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) batches from batch `start` on, shuffled by `seed` when training."""
         order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size).to(
             self.labels.device
@@ -202,7 +203,7 @@ class Streaming:
     def num_batches(self) -> int:
         return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
 
-    def batches(self, seed: int = 0, start: int = 0):
+    def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training."""
         order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)[
             start * self.batch_size :
@@ -246,7 +247,7 @@ class Packed:
         images, labels = self.files.gather(torch.tensor(indices))
         return images.to(self.device), labels.to(self.device)
 
-    def batches(self, seed: int = 0, start: int = 0):
+    def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training:
         the same batches as InMemory's for the same images. `workers` threads gather up to twice as
         many batches ahead (none: each batch is gathered when it is asked for)."""
