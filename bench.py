@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, AlexNet
-from data_pipeline import DATASETS, LOADED, LOADERS, Data, DataConfig, load_data
+from data_pipeline import DATASETS, LOADED, LOADERS, Data, DataConfig, load_data, packs_dir
 from engine import pick_device, pick_precision, reuse_freed_memory, sync, train_step
 from errors import DataError
 from packs import PACK_FORMATS
@@ -352,8 +352,7 @@ def run_conventional_loader(args: argparse.Namespace) -> dict:
 
 def run_our_loader(args: argparse.Namespace) -> dict:
     """Our streamed or packed batches (args.only), augmented on the device as train.py does."""
-    pack_dir = Path(args.pack_dir or Path(args.data_root) / "packs")
-    packed_before = set(pack_dir.glob("*/pack.json"))
+    packed_before = set(packs_dir(DataConfig(data_root=args.data_root, pack_dir=args.pack_dir)).glob("*/pack.json"))
     if args.device.type == "cpu":
         reuse_freed_memory()  # as train.py does
     start = time.perf_counter()
@@ -493,16 +492,13 @@ def report_loaders(args: argparse.Namespace, child) -> None:
         return
     print(f"{result['device_name']} ({result['device']}), torch {result['torch']}, {args.data}, {args.image_size}px, "
           f"batch {args.batch_size}, {args.workers} workers, {args.loader_images} images each")  # fmt: skip
-    for name, key in (("conventional", "conventional"), ("stream", "stream"), ("packed", "packed"),
-                      ("packed JPEG", "packed_jpeg")):  # fmt: skip
-        pack = {"packed": "pack", "packed_jpeg": "pack_jpeg"}.get(key)
-        about = ""
-        if pack:
-            seconds = result[f"{pack}_seconds"]
-            about = f"   pack: {result[f'{pack}_bytes'] / 1e6:.0f} MB, " + (
-                f"packed in {seconds:.1f} s" if seconds is not None else "packed before"
-            )
-        print(f"{name + ':':14}{result[f'{key}_images_per_second']:8.0f} img/s{about}")
+    print(f"conventional: {result['conventional_images_per_second']:8.0f} img/s")
+    print(f"stream:       {result['stream_images_per_second']:8.0f} img/s")
+    for name, key, pack in (("packed:", "packed", "pack"), ("packed JPEG:", "packed_jpeg", "pack_jpeg")):
+        seconds = result[f"{pack}_seconds"]
+        packing = f"packed in {seconds:.1f} s" if seconds is not None else "packed before"
+        print(f"{name:14}{result[f'{key}_images_per_second']:8.0f} img/s   pack: "
+              f"{result[f'{pack}_bytes'] / 1e6:.0f} MB, {packing}")  # fmt: skip
     print(f"packed / conventional: {result['packed_vs_conventional']:.1f}x")
 
 

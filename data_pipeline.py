@@ -8,8 +8,8 @@ GPU when there is one. There are two ways to get those batches:
   images are decoded once into one uint8 tensor (folders: cached under data/cache/, see
   folders.py) and kept on the device. No PIL, no worker processes while training.
 - Packed (`--loader packed`, and automatically once a folder has been packed): every image is
-  decoded once into a packed copy on disk (packs.py); DataLoader workers then gather each batch
-  from it, a memory copy instead of a decode, into pinned memory for an asynchronous transfer.
+  decoded once into a packed copy on disk (packs.py); background threads then read each batch
+  from it, a read instead of a decode, into pinned memory for an asynchronous transfer.
 - Streaming (large image folders such as ImageNet, not packed): DataLoader workers decode each
   file with reduced-size JPEG decoding, resize its shorter side to R and cut the central R x R
   square, all in uint8; pinned memory and prefetching hide the transfer.
@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from folders import (
     train_files_sample,
 )
 from imagenet import Listing, list_class_folders, list_imagenet
-from packs import PACK_FORMATS, PackedFiles, build_pack, pack_folder
+from packs import PACK_FORMATS, PackedFiles, build_pack, pack_path
 from presets import EvalPreset, TrainPreset, channel_stats, pca_lighting_stats, train_preset
 from shapes import CLASSES as SHAPE_CLASSES
 from shapes import make_shapes
@@ -244,8 +245,7 @@ class Packed:
 
     def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Some images and their labels, on the device (for pictures and samples)."""
-        images, labels = self.files.gather(torch.tensor(indices))
-        return images.to(self.device), labels.to(self.device)
+        return self.on_device(self.files.gather(torch.tensor(indices)))
 
     def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training:
@@ -255,15 +255,17 @@ class Packed:
         pieces = order[start * self.batch_size :].split(self.batch_size)
         pin = self.device.type == "cuda"  # page-locked buffers: asynchronous host-to-GPU copies
         with ThreadPoolExecutor(max(self.workers, 1)) as pool:
-            ahead = deque()
-            for piece in pieces:
+            pieces = iter(pieces)
+            ahead = deque(pool.submit(self.files.gather, piece, pin) for piece in islice(pieces, 2 * self.workers))
+            for piece in pieces:  # one batch in, one out
                 ahead.append(pool.submit(self.files.gather, piece, pin))
-                if len(ahead) > 2 * self.workers:
-                    images, labels = ahead.popleft().result()
-                    yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                yield self.on_device(ahead.popleft().result())
             while ahead:
-                images, labels = ahead.popleft().result()
-                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                yield self.on_device(ahead.popleft().result())
+
+    def on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 LOADED = {InMemory: "in memory", Streaming: "streamed", Packed: "packed"}  # for log lines
@@ -331,10 +333,7 @@ def pick_loader(config: DataConfig, listing: Listing, channels: int, store_size:
         return config.loader, config.pack_format
     splits = ((listing.train_dir, listing.train), (listing.val_dir, listing.val))
     for fmt in sorted(PACK_FORMATS, key=lambda fmt: fmt != config.pack_format):
-        folders = [
-            pack_folder(packs_dir(config), folder, samples, channels, store_size, fmt)[0] for folder, samples in splits
-        ]
-        if all(folder.is_dir() for folder in folders):
+        if all(pack_path(packs_dir(config), folder, channels, store_size, fmt).is_dir() for folder, _ in splits):
             return "packed", fmt
     stored = (len(listing.train) + len(listing.val)) * channels * store_size**2
     if stored <= MEMORY_LIMIT_BYTES:

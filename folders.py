@@ -203,21 +203,25 @@ def decode_folder(samples: list[tuple[Path, int]], channels: int, size: int, wor
     return torch.cat(images), torch.cat(labels), bad
 
 
-def listing_key(split_dir: Path, samples: list, channels: int, size: int) -> tuple[str, str]:
-    """(name, key) of a split's decoded images, for the decode cache and the packed copy (packs.py).
+def listing_name(split_dir: Path, channels: int, size: int) -> str:
+    """The name of a split's decoded copies (the decode cache, packs.py): the folder's name for
+    people with a hash of its full path, so that a/data and b/data keep their own copies."""
+    folder = str(split_dir.resolve())
+    where = hashlib.sha256(folder.encode()).hexdigest()[:8]
+    return f"{split_dir.resolve().parent.name}-{split_dir.name}-{where}-{size}px-{channels}ch"
 
-    The name is the folder's name for people with a hash of its full path, so that a/data and
-    b/data keep their own copies; the key covers every file's path, size and modification time,
-    so adding, removing or changing a file (or changing the stored size) gives another key.
-    """
-    listing = [
-        (str(path.relative_to(split_dir)), label, path.stat().st_size, path.stat().st_mtime_ns)
-        for path, label in samples
-    ]
+
+def listing_key(split_dir: Path, samples: list, channels: int, size: int) -> tuple[str, str]:
+    """(listing_name, key) of a split's decoded images: the key covers every file's path, size and
+    modification time, so adding, removing or changing a file (or changing the stored size) gives
+    another key."""
+    listing = []
+    for path, label in samples:
+        stat = path.stat()
+        listing.append((str(path.relative_to(split_dir)), label, stat.st_size, stat.st_mtime_ns))
     folder = str(split_dir.resolve())
     key = hashlib.sha256(json.dumps([CACHE_VERSION, folder, channels, size, listing]).encode()).hexdigest()[:16]
-    where = hashlib.sha256(folder.encode()).hexdigest()[:8]
-    return f"{split_dir.resolve().parent.name}-{split_dir.name}-{where}-{size}px-{channels}ch", key
+    return listing_name(split_dir, channels, size), key
 
 
 def cached_decode(split_dir: Path, samples: list, channels: int, size: int, workers: int, cache_dir: Path) -> tuple:

@@ -42,21 +42,27 @@ from tqdm import tqdm
 
 from checkpoints import write_atomically
 from errors import BadImageError, DataError
-from folders import decode_for_store, ignore_ctrl_c, listing_key
+from folders import decode_for_store, ignore_ctrl_c, listing_key, listing_name
 
 PACK_VERSION = 1  # bump when the layout changes, so that older packs are built again
 PACK_FORMATS = ("raw", "jpeg")
 CHUNK = 64  # images decoded and written by one worker at a time: the unit of progress and of resuming
-JPEG_QUALITY = 90  # measured on 256 px photos: ~20 KB an image, pixels within 2.7/255 of raw on average
+JPEG_QUALITY = 90  # measured on 256 px photos: ~20 KB an image, pixels 2.8/255 from raw on average
 DATA_FILES = {"raw": "images.u8", "jpeg": "images.jpg"}
+
+
+def pack_path(pack_dir: Path, split_dir: Path, channels: int, size: int, fmt: str = "raw") -> Path:
+    """Where the pack of a split lives (found without reading the files: see pack_folder for its key)."""
+    name = listing_name(split_dir, channels, size)
+    return pack_dir / (name if fmt == "raw" else f"{name}-{fmt}")
 
 
 def pack_folder(
     pack_dir: Path, split_dir: Path, samples: list, channels: int, size: int, fmt: str = "raw"
 ) -> tuple[Path, str]:
     """Where the pack of a split lives, and the key its pack.json must carry to be current."""
-    name, key = listing_key(split_dir, samples, channels, size)
-    return (pack_dir / name, key) if fmt == "raw" else (pack_dir / f"{name}-{fmt}", f"{key}-{fmt}")
+    _, key = listing_key(split_dir, samples, channels, size)
+    return pack_path(pack_dir, split_dir, channels, size, fmt), key if fmt == "raw" else f"{key}-{fmt}"
 
 
 def read_pack(path: Path, key: str) -> dict | None:
@@ -111,10 +117,8 @@ def build_pack(
     write_chunks(path, samples, channels, size, workers, todo, done, fmt)
     try:
         finish_pack(path, key, split_dir, samples, channels, size, fmt, done)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(no_space_message(path, 2**20), "pack_dir") from None
-        raise DataError(f"cannot write {path} ({error.strerror or error})", "pack_dir") from None
+    except OSError as error:  # the index and pack.json need little room
+        raise DataError(write_failure(error, Path(error.filename or path / "pack.json"), 2**20), "pack_dir") from None
     return path, read_pack(path, key)
 
 
@@ -202,6 +206,14 @@ def no_space_message(path: Path, needed: int, free: int | None = None) -> str:
             "free some space or put the pack on another disk")  # fmt: skip
 
 
+def write_failure(error: OSError, file: Path, needed: int) -> str:
+    """What a failed write of a file in a pack's folder says: the disk is full (about `needed` bytes
+    more wanted), or the error itself."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return no_space_message(file.parent, needed)
+    return f"cannot write {file} ({error.strerror or error})"
+
+
 def disk_size(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB" if size >= 1e7 else f"{size / 1e6:.1f} MB"
 
@@ -262,9 +274,7 @@ def append_synced(file, pieces: list) -> str | None:
         file.flush()
         os.fsync(file.fileno())
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return no_space_message(Path(file.name).parent, sum(len(piece) for piece in pieces))
-        return f"cannot write {file.name} ({error})"
+        return write_failure(error, Path(file.name), sum(len(piece) for piece in pieces))
     return None
 
 
@@ -306,10 +316,7 @@ class PackChunks(torch.utils.data.Dataset):
                 os.pwrite(fd, image.permute(1, 2, 0).contiguous().numpy().tobytes(), row * image_bytes)
             os.fsync(fd)
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                needed = (len(self.samples) - images[0][0]) * image_bytes
-                return no_space_message(self.images_file.parent, needed)
-            return f"cannot write {self.images_file} ({error})"
+            return write_failure(error, self.images_file, (len(self.samples) - images[0][0]) * image_bytes)
         finally:
             os.close(fd)
         return None
