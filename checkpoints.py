@@ -7,16 +7,13 @@ the file; train.py (--resume, --evaluate) and inference.py read checkpoints thro
 `read_checked_checkpoint`.
 """
 
-import os
 import pickle
 import random
 import stat
 import warnings
 import zipfile
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,25 +28,6 @@ PREPROCESS_KEYS = tuple(field.name for field in fields(EvalPreset))
 INFERENCE_KEYS = (
     "model", "model_config", "classes", "class_names", "preprocess", "epoch", "best_top1", "world_size", "args"
 )  # fmt: skip
-
-
-def save_atomically(obj: dict, path: Path) -> None:
-    """torch.save, atomically (see write_atomically)."""
-    write_atomically(path, lambda f: torch.save(obj, f))
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """write(file) into a temporary file in the same folder, flushed to disk, then renamed over
-    `path`: a crash or a full disk mid-write leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[AlexNet, dict]:

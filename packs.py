@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from checkpoints import write_atomically
+from atomic_files import flush_to_disk, write_atomically
 from errors import BadImageError, DataError
 from folders import decode_for_store, ignore_ctrl_c, listing_key, listing_name
 
@@ -272,7 +272,7 @@ def append_synced(file, pieces: list) -> str | None:
         for piece in pieces:
             file.write(piece)
         file.flush()
-        os.fsync(file.fileno())
+        flush_to_disk(file.fileno())
     except OSError as error:
         return write_failure(error, Path(file.name), sum(len(piece) for piece in pieces))
     return None
@@ -314,7 +314,7 @@ class PackChunks(torch.utils.data.Dataset):
             for row, image in images:
                 # (C, R, R) -> (R, R, C): the layout of the pack
                 os.pwrite(fd, image.permute(1, 2, 0).contiguous().numpy().tobytes(), row * image_bytes)
-            os.fsync(fd)
+            flush_to_disk(fd)
         except OSError as error:
             return write_failure(error, self.images_file, (len(self.samples) - images[0][0]) * image_bytes)
         finally:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoints import write_atomically
+from atomic_files import write_atomically
 
 RESULT_FORMATS = (".csv", ".jsonl")
 

@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-from checkpoints import write_atomically
+from atomic_files import write_atomically
 from plots import plot_curves
 
 
