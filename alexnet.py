@@ -39,12 +39,17 @@ works. Here no input size is hard-coded: the last feature map is pooled to 6x6 b
 classifier, so 227 gives exactly the paper's 6x6 map, 224 gives a 5x5 map that is stretched to 6x6,
 and smaller upscaled images (CIFAR, MNIST) give 1x1 to 5x5 maps. The smallest input is 67x67
 (63x63 for the torchvision layout; `model.min_input_size` says which).
+
+This file is the network as the paper draws it, and nothing else. The speed-ups that training,
+evaluation and the benchmarks use live in speedups.py: `fast_forward(model)` computes the same
+function faster (fc6 folded through the pooling on small inputs, 1.56x per step at 67 px) and
+pools by matrix products where PyTorch's adaptive pooling cannot be used (Apple's MPS at 224 px,
+deterministic CUDA). On MPS, call `fast_forward(model)(x)` rather than `model(x)`.
 """
 
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MIN_INPUT_SIZE = 67  # the smallest square input whose last feature map is at least 1x1
@@ -68,46 +73,13 @@ def feature_map_size(image_size: int, layout: str = "paper") -> int:
     return size
 
 
-def pooling_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(n_out, n_in) matrix of adaptive average pooling along one axis: row i averages inputs
-    [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out)), the bins PyTorch's pooling uses."""
-    weights = torch.zeros(n_out, n_in, dtype=dtype, device=device)
-    for i in range(n_out):
-        start = (i * n_in) // n_out
-        end = -((-(i + 1) * n_in) // n_out)
-        weights[i, start:end] = 1.0 / (end - start)
-    return weights
-
-
-def adaptive_avg_pool_by_matmul(x: torch.Tensor, output_size: int) -> torch.Tensor:
-    """Exactly `F.adaptive_avg_pool2d(x, output_size)`, computed as two small matrix products.
-
-    Apple's MPS backend cannot adaptive-pool a map whose size is not a multiple of the output
-    size (e.g. the 5x5 map of a 224 input); this formulation runs on any device.
-    """
-    rows = pooling_matrix(x.shape[-2], output_size, x.dtype, x.device)
-    cols = pooling_matrix(x.shape[-1], output_size, x.dtype, x.device)
-    return torch.einsum("oh,nchw,pw->ncop", rows, x, cols)  # (B, C, H, W) -> (B, C, 6, 6)
-
-
-def fc6_weight_for_map(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """fc6's weight folded through the 6x6 pooling, for a last feature map of height x width.
-
-    Pooling is linear, so fc6(flatten(adaptive_avg_pool2d(x, 6))) equals
-    F.linear(flatten(x), fc6_weight_for_map(fc6.weight, h, w), fc6.bias): the same function
-    with the same gradients (autograd carries them back to the 9216-wide weight), but a
-    (B, 256 * h * w) @ (256 * h * w, 4096) product instead of (B, 9216) @ (9216, 4096). For
-    small inputs the map is 1x1 and the pooling copies each of its 256 numbers to 36
-    positions: the fold then sums the weight over the positions and makes fc6 36 times cheaper.
-    """
-    out_features = weight.shape[0]
-    weight = weight.view(out_features, -1, 6, 6)  # (4096, 9216) -> (4096, 256, 6, 6)
-    if height == width == 1:
-        return weight.sum((2, 3))  # -> (4096, 256)
-    rows = pooling_matrix(height, 6, weight.dtype, weight.device)  # (6, h)
-    cols = pooling_matrix(width, 6, weight.dtype, weight.device)  # (6, w)
-    folded = torch.einsum("ocij,ih,jw->ochw", weight, rows, cols)  # -> (4096, 256, h, w)
-    return folded.reshape(out_features, -1)  # -> (4096, 256 * h * w)
+def check_input_size(x: torch.Tensor, min_size: int) -> None:
+    """ValueError, saying what to do, for an input smaller than the network accepts."""
+    if x.shape[-1] < min_size or x.shape[-2] < min_size:
+        raise ValueError(
+            f"AlexNet needs inputs of at least {min_size}x{min_size} pixels, "
+            f"got {tuple(x.shape[-2:])}: upscale the images to at least that size"
+        )
 
 
 def norm(lrn: bool) -> list[nn.Module]:
@@ -231,10 +203,10 @@ class AlexNet(nn.Module):
             padding1 = 2
 
         self.features = make_features(in_channels, (c1, c2, c3, c4, c5), padding1, lrn, groups)
+        # PAPER: the paper's 227 px input gives a 6x6 map by construction and has no such layer. Pooling
+        # the last map to 6x6 accepts any input size (see the module docstring); at 227 it does nothing.
+        self.avgpool = nn.AdaptiveAvgPool2d(6)
         self.classifier = make_classifier(c5, num_classes, dropout, layout)
-        # Fold the 6x6 pooling into fc6 when that is cheaper (see forward): a speed-up only, the same
-        # function. Exporters turn it off, so that one graph serves every batch size.
-        self.fold_pooling = True
         self.reset_parameters()
 
     @classmethod
@@ -314,32 +286,8 @@ class AlexNet(nn.Module):
             nn.init.constant_(layer.bias, 1.0 if init == "paper" else 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] < self.min_input_size or x.shape[-2] < self.min_input_size:
-            size = self.min_input_size
-            raise ValueError(
-                f"AlexNet needs inputs of at least {size}x{size} pixels, "
-                f"got {tuple(x.shape[-2:])}: upscale the images to at least that size"
-            )
-        x = self.features(x)  # (B, C, H, W) -> (B, 256, h, w), h = feature_map_size(H, layout)
-        batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-        # Below 6x6, fold the pooling into fc6 (see fc6_weight_for_map) when that costs fewer
-        # multiply-adds: batch * 256 * (36 - h * w) saved per output unit against 256 * 36 * h * w
-        # spent on folding the weight. Not while dropout acts between the pooling and fc6 (the
-        # torchvision layout in training), which would treat the 36 copies differently. (This path
-        # calls the classifier's layers, not `self.classifier` itself: hooks on it do not run.)
-        fc6_index = 0 if self.config["layout"] == "paper" else 1
-        dropout_before_fc6 = fc6_index == 1 and self.training and self.classifier[0].p > 0
-        cheaper = batch * (36 - height * width) > 36 * height * width
-        if self.fold_pooling and cheaper and not dropout_before_fc6:
-            fc6 = self.classifier[fc6_index]
-            x = F.linear(torch.flatten(x, 1), fc6_weight_for_map(fc6.weight, height, width), fc6.bias)
-            return self.classifier[fc6_index + 1 :](x)  # (B, 4096) -> (B, num_classes)
-        # MPS cannot adaptive-pool such sizes natively; CUDA's backward of it is not deterministic
-        # (and refused under torch.use_deterministic_algorithms). The matmul form is exact on both.
-        uneven = height % 6 or width % 6
-        if uneven and (x.device.type == "mps" or x.is_cuda and torch.are_deterministic_algorithms_enabled()):
-            x = adaptive_avg_pool_by_matmul(x, 6)
-        else:
-            x = F.adaptive_avg_pool2d(x, 6)  # (B, 256, h, w) -> (B, 256, 6, 6); identity at 227
+        check_input_size(x, self.min_input_size)
+        x = self.features(x)  # (B, C, 227, 227) -> (B, 256, 6, 6); (B, 256, h, w) for other sizes
+        x = self.avgpool(x)  # (B, 256, h, w) -> (B, 256, 6, 6): the identity at 227
         x = torch.flatten(x, 1)  # (B, 256, 6, 6) -> (B, 9216)
         return self.classifier(x)  # (B, 9216) -> (B, num_classes)

@@ -119,14 +119,9 @@ def export_model(
     example = torch.randn(2, *input_shape(meta["preprocess"]))  # batch 2: a batch of 1 would be specialised
     tmp = path.with_name(f".{path.stem}.partial{suffix}")  # hidden, beside the target: the rename cannot fail
     try:
-        # AlexNet.forward folds the pooling into fc6 for large batches, a Python branch on the batch
-        # size that torch.export would trace once, for the example batch, and keep for every batch
-        # size. The pooling path is the reference computation the fold only speeds up: export that.
-        model.fold_pooling = False
-        try:
-            write_exported(model, example, metadata, tmp, path)
-        finally:
-            model.fold_pooling = True
+        # The plain model: speedups.fast_forward's fold depends on the batch size, a Python branch that
+        # torch.export would trace once, for the example batch, and keep for every batch size.
+        write_exported(model, example, metadata, tmp, path)
         random_difference, image_difference, count = parity(model, meta, tmp, images or [])
         difference = largest(random_difference, image_difference)
         if not difference <= tolerance:  # NaN fails too

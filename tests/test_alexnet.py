@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from alexnet import MIN_INPUT_SIZE, AlexNet, adaptive_avg_pool_by_matmul, feature_map_size
+from alexnet import MIN_INPUT_SIZE, AlexNet, feature_map_size
+from speedups import adaptive_avg_pool_by_matmul, fast_forward
 
 
 def count(model: torch.nn.Module) -> int:
@@ -108,6 +109,13 @@ def pooled_then_fc6(model: AlexNet, x: torch.Tensor) -> torch.Tensor:
     return model.classifier(torch.flatten(F.adaptive_avg_pool2d(model.features(x), 6), 1))
 
 
+@pytest.mark.parametrize("layout", ["paper", "torchvision"])
+def test_the_plain_forward_is_the_textbook_one(layout: str) -> None:
+    model = AlexNet(10, layout=layout).eval()
+    x = torch.randn(2, 3, 99, 99)
+    assert torch.equal(model(x), pooled_then_fc6(model, x))
+
+
 @functools.cache
 def model_of(layout: str) -> AlexNet:
     torch.manual_seed(0)
@@ -122,7 +130,7 @@ def test_fc6_folded_through_the_pooling_is_the_same_function(layout: str, size: 
     torch.manual_seed(0)
     x = torch.randn(16, 3, size, size)  # a batch where the fold pays
     outputs, grads = [], []
-    for forward in (model, lambda x: pooled_then_fc6(model, x)):
+    for forward in (fast_forward(model), model):
         torch.manual_seed(1)  # the same dropout masks in both passes
         out = forward(x)
         outputs.append(out)
@@ -134,13 +142,31 @@ def test_fc6_folded_through_the_pooling_is_the_same_function(layout: str, size: 
         assert (ours - reference).abs().max() <= 1e-5 * reference.abs().max(), name
 
 
+@pytest.mark.parametrize("batch, size", [(1, 67), (2, 224), (3, 227)])  # no fold: one image, a 5x5 map, a 6x6 map
+def test_fast_forward_without_the_fold_equals_the_plain_forward(batch: int, size: int) -> None:
+    model = model_of("paper").eval()
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_forward(model)(x), model(x), rtol=0, atol=0)
+
+
+def test_fast_forward_shares_the_models_parameters_and_refuses_small_inputs() -> None:
+    model = AlexNet(10)
+    forward = fast_forward(model)
+    assert fast_forward(forward) is forward  # wrapping twice changes nothing
+    assert [p.data_ptr() for p in forward.parameters()] == [p.data_ptr() for p in model.parameters()]
+    assert list(model.state_dict()) == [k.removeprefix("model.") for k in forward.state_dict()]
+    with pytest.raises(ValueError, match="at least 67x67"):
+        forward(torch.randn(1, 3, 66, 66))
+
+
 def test_fc6_on_a_1x1_map_costs_a_36th() -> None:
     # At 67 px the last map is 1x1 and the pooling copies it 36 times: fc6 then runs as a
     # 256-wide layer. FLOPs of the forward pass, counted by PyTorch.
     model = AlexNet(10).eval()
     x = torch.randn(64, 3, 67, 67)
     flops = []
-    for forward in (model, lambda x: pooled_then_fc6(model, x)):
+    for forward in (fast_forward(model), model):
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             forward(x)
         flops.append(counter.get_total_flops())

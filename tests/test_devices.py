@@ -22,6 +22,7 @@ from checkpoints import load_checkpoint, rng_states, set_rng_states
 from data_pipeline import DataConfig, load_data
 from engine import autocast, predict
 from packs import PACK_FORMATS
+from speedups import fast_forward
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--image-size", "67", "--log-interval", "1"]
@@ -46,6 +47,31 @@ def test_forward_and_backward_in_each_precision(device: str, precision: str) -> 
     # fp32 on a GPU may use TF32 tensor cores (cuDNN's default); bf16 keeps 8 bits of mantissa.
     tolerance = {"fp32": 1e-4 if device == "cpu" else 1e-2, "bf16": 6e-2, "fp16": 1e-2}[precision]
     torch.testing.assert_close(logits.float().cpu(), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("size", [67, 224])  # the fc6 fold; a 5x5 map pooled (by matrix products on MPS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fast_forward_on_the_device_equals_the_plain_model(device: str, size: int, deterministic: bool) -> None:
+    torch.manual_seed(0)
+    reference = AlexNet(5, dropout=0.0)
+    model = copy.deepcopy(reference).to(device)
+    x = torch.randn(4, 3, size, size)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)  # CUDA's adaptive pooling has no deterministic backward
+    try:
+        logits = fast_forward(model)(x.to(device))
+        logits.square().sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    expected = reference(x)
+    expected.square().sum().backward()
+    tolerance = 1e-4 if device == "cpu" else 1e-2  # TF32 on GPUs
+    torch.testing.assert_close(logits.cpu(), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(
+            ours.grad.cpu(), theirs.grad, atol=tolerance * theirs.grad.abs().max().item(), rtol=0
+        )
 
 
 def write_folder(root: Path, per_class: int = 8) -> Path:
@@ -85,7 +111,7 @@ def test_packed_batches_reach_the_device_unchanged(device: str, fmt: str, tmp_pa
     """Packed batches (pinned memory and non_blocking copies on CUDA) equal those read on the CPU,
     and, from a raw pack, the in-memory batches."""
     write_folder(tmp_path / "folder")
-    config = DataConfig(data_dir=str(tmp_path / "folder"), data_root=str(tmp_path / "data"), loader="packed",
+    config = DataConfig(data=str(tmp_path / "folder"), data_root=str(tmp_path / "data"), loader="packed",
                         pack_format=fmt, image_size=67, batch_size=4, workers=2)  # fmt: skip
     on_device = load_data(config, torch.device(device))
     on_cpu = load_data(config, torch.device("cpu"))
