@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, AlexNet
-from data_pipeline import DATASETS, LOADED, LOADERS, Data, DataConfig, load_data, packs_dir
+from data_pipeline import DATASETS, LOADERS, Data, DataConfig, load_data, packs_dir
 from engine import pick_device, pick_precision, reuse_freed_memory, sync, train_step
 from errors import DataError
 from packs import PACK_FORMATS
 from presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, train_transform
+from speedups import fast_forward
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,8 +158,8 @@ def train_flops_per_image(model: torch.nn.Module, channels: int, size: int) -> f
 
     model = AlexNet(**model.config)  # a CPU copy: counting needs no device time
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(torch.randn(2, channels, size, size)).sum().backward()
+    with counter:  # what training computes: the fast forward, with the fc6 fold where it pays
+        fast_forward(model)(torch.randn(2, channels, size, size)).sum().backward()
     return counter.get_total_flops() / 2
 
 
@@ -184,25 +185,14 @@ def forever(make_batches):
 
 def load_or_exit(args: argparse.Namespace, loader: str) -> Data:
     """load_data for our pipeline, a DataError as one line naming the flag."""
-    config = DataConfig(
-        dataset=args.dataset,
-        data_dir=args.data,
-        data_root=args.data_root,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        val_size=args.batch_size,
-        augment=args.augment,
-        loader=loader,
-        pack_dir=args.pack_dir,
-        pack_format=args.pack_format,
-        workers=args.workers,
-        batch_size=args.batch_size,
-    )
+    # The data flags named as DataConfig's fields; one batch of validation images (only the training batches are timed).
+    config = DataConfig.from_settings(vars(args), val_size=args.batch_size, loader=loader)
     try:
         return load_data(config, args.device)
     except DataError as error:
-        dest = "data" if error.setting == "data_dir" else error.setting
-        raise SystemExit(f"error: --{dest.replace('_', '-')} {getattr(args, dest)}: {error}") from None
+        raise SystemExit(
+            f"error: --{error.setting.replace('_', '-')} {getattr(args, error.setting)}: {error}"
+        ) from None
 
 
 def run_ours(args: argparse.Namespace) -> dict:
@@ -219,7 +209,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     model = AlexNet(num_classes=len(classes), in_channels=preprocess.in_channels).to(
         device, memory_format=memory_format
     )
-    forward = torch.compile(model) if args.compile else model
+    forward = fast_forward(model)  # as train.py trains (speedups.py)
+    forward = torch.compile(forward) if args.compile else forward
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, fused=fused or None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -241,7 +232,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "flops_per_image": train_flops_per_image(model, preprocess.in_channels, args.image_size),
         "mean": preprocess.mean,
         "std": preprocess.std,
-        "settings": f"{LOADED[type(train)]}, {preset.kind} on the device, "
+        "settings": f"{train.kind}, {preset.kind} on the device, "
         f"{precision}, {'channels_last' if args.channels_last else 'NCHW'}, fused SGD"
         f"{', compiled' if args.compile else ''}",
     }
@@ -305,12 +296,13 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
     channels = len(mean)
     num_classes = len(dataset.classes) if hasattr(dataset, "classes") else 10
     model = AlexNet(num_classes=num_classes, in_channels=channels).to(device)
+    forward = fast_forward(model)  # the same network computed the same way as ours: only the pipeline differs
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
 
     def step(batch: tuple) -> None:
         images, labels = batch
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(images), labels)
+        loss = F.cross_entropy(forward(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -23,11 +23,12 @@ batch on the device instead.
 """
 
 import math
+import os
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from itertools import islice
 from pathlib import Path
 
@@ -63,15 +64,20 @@ LOADERS = ("auto", "memory", "stream", "packed")
 MEMORY_LIMIT_BYTES = 8 * 2**30  # image folders up to this size (as uint8) are held in memory
 
 
+def default_workers() -> int:
+    """Decoding processes and pack-reading threads: one per core, up to 8."""
+    return min(8, os.cpu_count() or 1)
+
+
 @dataclass
 class DataConfig:
-    """What to load and how (train.py's data flags)."""
+    """What to load and how. The defaults of train.py's data flags are these; the fields are named as the flags."""
 
-    dataset: str = "shapes"  # one of DATASETS; ignored when data_dir is given
-    data_dir: str | None = None  # an image folder DIR/train/<class>/*, DIR/val/<class>/*
+    dataset: str = "shapes"  # one of DATASETS; ignored when `data` is given
+    data: str | None = None  # an image folder DIR/train/<class>/*, DIR/val/<class>/*
     data_root: str = "data"  # where torchvision datasets, ImageNet (any layout, see imagenet.py) and caches live
     download: bool = False  # fetch a missing torchvision dataset (needs network)
-    image_size: int | None = None  # the model's input side; None: DEFAULT_IMAGE_SIZE
+    image_size: int | None = None  # the model's input side; None: DEFAULT_IMAGE_SIZE of the dataset (set on creation)
     in_channels: int | None = None  # 1 or 3; None: the dataset's own
     train_size: int = 10000  # built-in shapes: number of training images
     val_size: int = 2000  # built-in shapes: number of validation images
@@ -82,22 +88,39 @@ class DataConfig:
     loader: str = "auto"  # image folders: one of LOADERS
     pack_dir: str | None = None  # where packed copies live (packs.py); None: <data_root>/packs
     pack_format: str = "raw"  # one of packs.PACK_FORMATS: raw uint8 (fastest to read) or JPEG (a tenth of the disk)
-    workers: int = 0  # decoding processes for image folders
-    batch_size: int = 128  # images per batch per process
+    workers: int = field(default_factory=default_workers)  # image folders: decoding processes, pack-reading threads
+    # PAPER: batch 128 there (train.py --recipe paper). 64 takes twice the steps for the same images,
+    # which is what gets the built-in data past 95% in under 5 minutes on 2 CPU cores.
+    batch_size: int = 64  # images per batch per process
     seed: int = 0  # the built-in shapes' generation
     max_bad_files: int = 10  # unreadable image files to skip before refusing a folder
 
+    def __post_init__(self) -> None:
+        if self.image_size is None:  # the one place the default input size is worked out
+            self.image_size = DEFAULT_IMAGE_SIZE[self.source]
+
+    @classmethod
+    def from_settings(cls, settings: Mapping, **overrides) -> "DataConfig":
+        """The fields found by name in `settings` (e.g. vars() of parsed flags), then `overrides`."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in settings.items() if k in names}, **overrides})
+
     @property
     def source(self) -> str:
-        return "folder" if self.data_dir else self.dataset
+        return "folder" if self.data else self.dataset
+
+    @property
+    def resize_size(self) -> int:
+        """The side photos are resized to before the crop: ImageNet's convention, 256 for a 224 crop."""
+        return round(self.image_size * 256 / 224)
 
 
 @dataclass
 class Data:
     """What load_data returns: batches for this process, and what the model needs to know."""
 
-    train: "InMemory | Streaming | Packed"
-    val: "InMemory | Streaming | Packed"
+    train: "BatchSource"  # InMemory, Streaming or Packed
+    val: "BatchSource"
     classes: list[str]
     preprocess: EvalPreset  # evaluation preprocessing, stored in checkpoints
     augment: TrainPreset  # what train_transform does to a training batch
@@ -127,8 +150,46 @@ def count_batches(n: int, batch_size: int, train: bool, rank: int, world_size: i
     return math.ceil(len(shard_order(n, batch_size, train, 0, rank, world_size)) / batch_size)
 
 
-class InMemory:
+class BatchSource:
+    """What the three kinds of batches share: this process's share of a split of N images, served as
+    uint8 (B, C, R, R) batches with their labels on the device, batch_size at a time.
+
+    `kind` names it in log lines; `random_access` says whether `take` gives images without
+    decoding files (in memory and packed: yes; streamed: no).
+    """
+
+    kind = ""
+    random_access = False
+
+    def __init__(self, batch_size: int, train: bool, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+        self.batch_size, self.train, self.device = batch_size, train, device
+        self.rank, self.world_size = rank, world_size  # this process's share, under torchrun
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def num_batches(self) -> int:
+        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
+
+    def order(self, seed: int, start: int) -> torch.Tensor:
+        """The indices this process reads, from batch `start` on (see shard_order)."""
+        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)
+        return order[start * self.batch_size :]
+
+    def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Some images and their labels, on the device (for pictures and samples), where `random_access`."""
+        raise NotImplementedError(f"{type(self).__name__} has no random access")
+
+    def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training."""
+        raise NotImplementedError
+
+
+class InMemory(BatchSource):
     """A labelled uint8 image tensor (N, C, R, R) on the device, served in batches."""
+
+    kind = "in memory"
+    random_access = True
 
     def __init__(
         self,
@@ -140,32 +201,27 @@ class InMemory:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        super().__init__(batch_size, train, device, rank, world_size)
         self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.train, self.rank, self.world_size = batch_size, train, rank, world_size
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def num_batches(self) -> int:
-        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
-
     def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Some images and their labels, on the device (for pictures and samples)."""
         index = torch.tensor(indices, device=self.labels.device)
         return self.images[index], self.labels[index]
 
     def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) batches from batch `start` on, shuffled by `seed` when training."""
-        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size).to(
-            self.labels.device
-        )
-        for i in range(start * self.batch_size, len(order), self.batch_size):
+        order = self.order(seed, start).to(self.labels.device)
+        for i in range(0, len(order), self.batch_size):
             index = order[i : i + self.batch_size]
             yield self.images[index], self.labels[index]
 
 
-class Streaming:
+class Streaming(BatchSource):
     """An image folder decoded by DataLoader workers, served as uint8 (N, C, R, R) batches on the device."""
+
+    kind = "streamed"
 
     def __init__(
         self,
@@ -179,16 +235,16 @@ class Streaming:
         max_bad_files: int = 10,
         bad_files: set[str] | None = None,
     ) -> None:
-        self.files, self.batch_size, self.train, self.device = files, batch_size, train, device
-        self.rank, self.world_size = rank, world_size
+        super().__init__(batch_size, train, device, rank, world_size)
+        self.files = files
         # Unreadable files are found as they are read: counted (in a set that train and val share)
         # against the same limit as folders decoded into memory.
         self.max_bad_files, self.bad_files = max_bad_files, set() if bad_files is None else bad_files
-        self.order = []  # the sampler: refilled in place every epoch, read by the persistent loader
+        self.sampler = []  # refilled in place every epoch, read by the persistent loader
         self.loader = torch.utils.data.DataLoader(
             files,
             batch_size=batch_size,
-            sampler=self.order,
+            sampler=self.sampler,
             num_workers=workers,
             collate_fn=collate_readable,
             worker_init_fn=ignore_ctrl_c,
@@ -201,15 +257,9 @@ class Streaming:
     def __len__(self) -> int:
         return len(self.files)
 
-    def num_batches(self) -> int:
-        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
-
     def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training."""
-        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)[
-            start * self.batch_size :
-        ].tolist()
-        self.order[:] = order
+        order = self.order(seed, start).tolist()
+        self.sampler[:] = order
         for i, (images, labels, unreadable) in enumerate(self.loader):
             if unreadable.any():
                 batch = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -221,8 +271,12 @@ class Streaming:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-class Packed:
-    """A packed image folder (packs.py) gathered by background threads, as uint8 (N, C, R, R) batches on the device."""
+class Packed(BatchSource):
+    """A packed image folder (packs.py) gathered by background threads, as uint8 (N, C, R, R) batches on the device:
+    the same batches as InMemory's for the same images."""
+
+    kind = "packed"
+    random_access = True
 
     def __init__(
         self,
@@ -234,28 +288,21 @@ class Packed:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.files, self.batch_size, self.train, self.workers, self.device = files, batch_size, train, workers, device
-        self.rank, self.world_size = rank, world_size
+        super().__init__(batch_size, train, device, rank, world_size)
+        self.files, self.workers = files, workers
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def num_batches(self) -> int:
-        return count_batches(len(self), self.batch_size, self.train, self.rank, self.world_size)
-
     def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Some images and their labels, on the device (for pictures and samples)."""
         return self.on_device(self.files.gather(torch.tensor(indices)))
 
     def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) batches on the device from batch `start` on, shuffled by `seed` when training:
-        the same batches as InMemory's for the same images. `workers` threads gather up to twice as
-        many batches ahead (none: each batch is gathered when it is asked for)."""
-        order = shard_order(len(self), self.batch_size, self.train, seed, self.rank, self.world_size)
-        pieces = order[start * self.batch_size :].split(self.batch_size)
+        """`workers` threads gather up to twice as many batches ahead (none: each batch is gathered when
+        it is asked for)."""
+        pieces = iter(self.order(seed, start).split(self.batch_size))
         pin = self.device.type == "cuda"  # page-locked buffers: asynchronous host-to-GPU copies
         with ThreadPoolExecutor(max(self.workers, 1)) as pool:
-            pieces = iter(pieces)
             ahead = deque(pool.submit(self.files.gather, piece, pin) for piece in islice(pieces, 2 * self.workers))
             for piece in pieces:  # one batch in, one out
                 ahead.append(pool.submit(self.files.gather, piece, pin))
@@ -268,8 +315,6 @@ class Packed:
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-LOADED = {InMemory: "in memory", Streaming: "streamed", Packed: "packed"}  # for log lines
-
 # ----------------------------------------------------------------------------------------------
 # Loading every kind of dataset.
 
@@ -281,22 +326,21 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
     weights). Unreadable image files are skipped with a warning, up to `config.max_bad_files`.
     Raises DataError (one line, naming the setting at fault) for data that cannot be used.
     """
-    image_size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
     shard = {"rank": rank, "world_size": world_size}
     if config.source in ("folder", "imagenet"):
         listing = list_dataset(config)
         channels = config.in_channels or 3
-        store_size = store_size_for(listing.train, round(image_size * 256 / 224))
+        store_size = store_size_for(listing.train, config.resize_size)
         loader, pack_format = pick_loader(config, listing, channels, store_size)
         if loader == "packed":
-            return load_packed(config, listing, channels, store_size, image_size, device, shard, pack_format)
+            return load_packed(config, listing, channels, store_size, device, shard, pack_format)
         if loader == "stream":
-            return load_streamed(config, listing, channels, store_size, image_size, device, shard)
+            return load_streamed(config, listing, channels, store_size, device, shard)
         train_images, train_labels, val_images, val_labels = decode_folder_splits(listing, config, channels, store_size)
         classes, names = listing.classes, listing.names
     elif config.source == "shapes":
-        train_images, train_labels = make_shapes(config.train_size, image_size, seed=config.seed)
-        val_images, val_labels = make_shapes(config.val_size, image_size, seed=config.seed + 1_000_003)
+        train_images, train_labels = make_shapes(config.train_size, config.image_size, seed=config.seed)
+        val_images, val_labels = make_shapes(config.val_size, config.image_size, seed=config.seed + 1_000_003)
         classes, names = list(SHAPE_CLASSES), None
     else:
         train_images, train_labels, val_images, val_labels, classes = load_torchvision(config)
@@ -305,21 +349,21 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
     if config.in_channels and config.in_channels != train_images.shape[1]:  # e.g. 3 for MNIST or 1 for CIFAR
         convert = (lambda x: x.expand(-1, 3, -1, -1)) if config.in_channels == 3 else TF.rgb_to_grayscale
         train_images, val_images = convert(train_images).contiguous(), convert(val_images).contiguous()
-    preprocess, augment = make_presets(config, image_size, train_images)
+    preprocess, augment = make_presets(config, train_images)
     train = InMemory(train_images, train_labels, config.batch_size, True, device, **shard)
     val = InMemory(val_images, val_labels, config.batch_size, False, device, **shard)
     return Data(train, val, classes, preprocess, augment, names)
 
 
 def list_dataset(config: DataConfig) -> Listing:
-    """The image files of an image folder (config.data_dir) or of ImageNet in any of its layouts
+    """The image files of an image folder (config.data) or of ImageNet in any of its layouts
     (config.data_root), checked, with what was left out reported."""
     if config.source == "imagenet":
         listing = list_imagenet(Path(config.data_root), "data_root")
     else:
-        listing = list_class_folders(Path(config.data_dir), "data_dir")
+        listing = list_class_folders(Path(config.data), "data")
     report_left_out(listing.hidden, listing.other)
-    setting = "data_root" if config.source == "imagenet" else "data_dir"
+    setting = "data_root" if config.source == "imagenet" else "data"
     check_samples(listing.train_dir.parent, listing.classes, listing.train, listing.val, setting)
     return listing
 
@@ -349,8 +393,7 @@ def packs_dir(config: DataConfig) -> Path:
 
 
 def load_packed(
-    config: DataConfig, listing: Listing, channels: int, store_size: int, image_size: int, device: torch.device,
-    shard: dict, fmt: str,
+    config: DataConfig, listing: Listing, channels: int, store_size: int, device: torch.device, shard: dict, fmt: str,
 ) -> Data:  # fmt: skip
     """Both splits from their packs in format `fmt`, packed first where needed (see packs.build_pack)."""
     files, bad = [], []
@@ -361,7 +404,7 @@ def load_packed(
     report_bad_files(bad, config.max_bad_files)
     train_files, val_files = files
     picks = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(0))[:500].sort().values
-    preprocess, augment = make_presets(config, image_size, train_files.gather(picks)[0])  # statistics of a sample
+    preprocess, augment = make_presets(config, train_files.gather(picks)[0])  # statistics of a sample
     loading = {"workers": config.workers, "device": device, **shard}
     train = Packed(train_files, config.batch_size, True, **loading)
     val = Packed(val_files, config.batch_size, False, **loading)
@@ -369,12 +412,11 @@ def load_packed(
 
 
 def load_streamed(
-    config: DataConfig, listing: Listing, channels: int, store_size: int, image_size: int, device: torch.device,
-    shard: dict,
+    config: DataConfig, listing: Listing, channels: int, store_size: int, device: torch.device, shard: dict,
 ) -> Data:  # fmt: skip
     """Both splits decoded file by file as they are read (see Streaming)."""
     train_files = FolderFiles(listing.train, channels, store_size, fill=True)
-    preprocess, augment = make_presets(config, image_size, train_files_sample(train_files))
+    preprocess, augment = make_presets(config, train_files_sample(train_files))
     streams = {
         "workers": config.workers,
         "device": device,
@@ -390,7 +432,7 @@ def load_streamed(
 def stored_bytes(config: DataConfig) -> int:
     """What the uint8 images of `config` take in memory, before anything is loaded. Image folders:
     0 (their size is known once listed; large ones are streamed)."""
-    size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
+    size = config.image_size
     if config.source == "shapes":
         return (config.train_size + config.val_size) * 3 * size**2
     native = {"mnist": 70_000 * 28 * 28, "fashion-mnist": 70_000 * 28 * 28, "cifar10": 60_000 * 3 * 32 * 32,
@@ -422,14 +464,14 @@ def report_bad_files(bad: list[str], max_bad_files: int) -> None:
         )
 
 
-def make_presets(config: DataConfig, image_size: int, train_images: torch.Tensor) -> tuple[EvalPreset, TrainPreset]:
+def make_presets(config: DataConfig, train_images: torch.Tensor) -> tuple[EvalPreset, TrainPreset]:
     """The evaluation and training presets for uint8 training images (N, C, R, R), or a sample of them."""
-    channels, store_size = train_images.shape[1], train_images.shape[-1]
+    channels, store_size, image_size = train_images.shape[1], train_images.shape[-1], config.image_size
     mean, std = config.normalization or channel_stats(train_images)
     if config.lighting and channels != 3:
         raise DataError(f"PCA lighting needs colour images; this data has {channels} channel(s)", "lighting")
     eigen = pca_lighting_stats(train_images) if config.lighting and config.lighting_pca == "data" else None
-    resize_size = round(image_size * 256 / 224)  # ImageNet's convention: resize to 256, crop 224
+    resize_size = config.resize_size
     small = store_size < resize_size
     # Evaluation: small images are upscaled whole; photos are resized to R and centre-cropped.
     preprocess = EvalPreset(image_size, image_size if small else resize_size, mean, std, channels)

@@ -43,7 +43,7 @@ class DataError(ValueError):
     """A dataset that cannot be used as asked: a folder in the wrong layout, a dataset that is not
     there, too many unreadable files, a setting the data does not allow.
 
-    `setting` names the DataConfig field whose value is at fault (e.g. "data_dir", "dataset",
+    `setting` names the DataConfig field whose value is at fault (e.g. "data", "dataset",
     "max_bad_files"), so that a script can name its own flag; the message is one line.
     """
 

@@ -16,14 +16,14 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-from checkpoints import save_atomically
+from atomic_files import save_atomically
 from errors import BadImageError, DataError
 from image_files import IMAGE_EXTENSIONS, open_image, pil_to_uint8
 
 CACHE_VERSION = 1  # bump when decode_for_store changes, so that old caches are not reused
 
 
-def folder_classes(root: Path, setting: str = "data_dir") -> list[str]:
+def folder_classes(root: Path, setting: str = "data") -> list[str]:
     """The class names of an ImageNet-layout folder, checked: one DataError (for `setting`) per problem."""
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -72,7 +72,7 @@ def report_left_out(hidden: list[Path], other: list[Path]) -> None:
               f"e.g. {other[0]}; rename any images among them to use them")  # fmt: skip
 
 
-def check_samples(root: Path, classes: list[str], train: list, val: list, setting: str = "data_dir") -> None:
+def check_samples(root: Path, classes: list[str], train: list, val: list, setting: str = "data") -> None:
     """DataError for a split without images or a class without training images; a warning for a
     class without validation images."""
     for split, samples in (("train", train), ("val", val)):

@@ -46,27 +46,16 @@ import torch
 import torch.distributed as dist
 
 from alexnet import INITS, MIN_INPUT_SIZE, TORCHVISION_MIN_INPUT_SIZE, AlexNet
+from atomic_files import save_atomically
 from checkpoints import (
     INFERENCE_KEYS,
     check_same_model,
     eval_preset,
     read_checked_checkpoint,
     rng_states,
-    save_atomically,
     set_rng_states,
 )
-from data_pipeline import (
-    DATASETS,
-    DEFAULT_IMAGE_SIZE,
-    LOADED,
-    LOADERS,
-    Data,
-    DataConfig,
-    InMemory,
-    Packed,
-    load_data,
-    stored_bytes,
-)
+from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, load_data, stored_bytes
 from engine import (
     accuracy_counts,
     autocast,
@@ -104,6 +93,7 @@ from run_log import (
     tensorboard_writer,
 )
 from schedule import SCHEDULES, Schedule, state_from_old_checkpoint
+from speedups import fast_forward
 
 # The paper's recipe (section 5): SGD with momentum 0.9, weight decay 5e-4, batch 128, lr 0.01
 # divided by 10 when the validation error stops improving, ~90 epochs; random 224 crops of the
@@ -154,23 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(RECIPES),
         help="a preset of the flags below (explicit flags win): paper = the paper's network and recipe",
     )
-    add_data_flags(parser.add_argument_group("data"))
+    defaults = DataConfig()  # the library's defaults are the data flags' defaults
+    add_data_flags(parser.add_argument_group("data"), defaults)
     add_model_flags(parser.add_argument_group("model"))
-    add_optimisation_flags(parser.add_argument_group("optimisation"))
-    add_run_flags(parser)
+    add_optimisation_flags(parser.add_argument_group("optimisation"), defaults)
+    add_run_flags(parser, defaults)
     return parser
 
 
-def add_data_flags(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--dataset", default="shapes", choices=DATASETS, help="built-in or torchvision dataset")
+def add_data_flags(group: argparse._ArgumentGroup, defaults: DataConfig) -> None:
+    group.add_argument("--dataset", default=defaults.dataset, choices=DATASETS, help="built-in or torchvision dataset")
     group.add_argument(
         "--data",
-        default=None,
+        default=defaults.data,
         help="image folder in ImageNet layout: DIR/train/<class>/*, DIR/val/<class>/* (overrides --dataset)",
     )
     group.add_argument(
         "--data-root",
-        default="data",
+        default=defaults.data_root,
         help="where torchvision datasets and decoded-image caches are stored; --dataset imagenet: the folder holding "
         "ImageNet (Kaggle's download, the official archives, or train/<wnid>/ and val/<wnid>/)",
     )
@@ -183,27 +174,34 @@ def add_data_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--in-channels", type=int, default=None, choices=[1, 3], help="default: from the dataset (MNIST 1, others 3)"
     )
-    group.add_argument("--train-size", type=int, default=10000, help="built-in dataset: number of training images")
-    group.add_argument("--val-size", type=int, default=2000, help="built-in dataset: number of validation images")
+    group.add_argument(
+        "--train-size", type=int, default=defaults.train_size, help="built-in dataset: number of training images"
+    )
+    group.add_argument(
+        "--val-size", type=int, default=defaults.val_size, help="built-in dataset: number of validation images"
+    )
     group.add_argument(
         "--augment",
-        default="auto",
+        default=defaults.augment,
         choices=AUGMENTATIONS,
         help="auto: pad-and-crop for small images (CIFAR, MNIST), random resized crops for photos; "
         "crop on photos: the paper's random 224 crops of 256; flips except MNIST",
     )
     group.add_argument(
-        "--lighting", type=float, default=0.0, help="std of the paper's PCA lighting noise (the paper: 0.1; 0 = off)"
+        "--lighting",
+        type=float,
+        default=defaults.lighting,
+        help="std of the paper's PCA lighting noise (the paper: 0.1; 0 = off)",
     )
     group.add_argument(
         "--lighting-pca",
-        default="imagenet",
+        default=defaults.lighting_pca,
         choices=["imagenet", "data"],
         help="principal components for --lighting: ImageNet's (the paper's) or computed from the training images",
     )
     group.add_argument(
         "--loader",
-        default="auto",
+        default=defaults.loader,
         choices=LOADERS,
         help="image folders: decode once and keep in memory; stream (decode every image every epoch, in "
         "DataLoader workers); or packed: decode once into a packed copy on disk (packs.py) and read that. "
@@ -211,12 +209,12 @@ def add_data_flags(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--pack-dir",
-        default=None,
+        default=defaults.pack_dir,
         help="where packed copies are written (put them on a fast disk); default: DATA_ROOT/packs",
     )
     group.add_argument(
         "--pack-format",
-        default="raw",
+        default=defaults.pack_format,
         choices=PACK_FORMATS,
         help="packed copies as raw uint8 (196 KB an image at 256 px: fastest to read) or JPEG (~20 KB, decoded "
         "again every epoch)",
@@ -224,13 +222,13 @@ def add_data_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--workers",
         type=int,
-        default=min(8, os.cpu_count() or 1),
+        default=defaults.workers,
         help="image folders: processes that decode (caching, streaming, packing) and threads that read packs",
     )
     group.add_argument(
         "--max-bad-files",
         type=int,
-        default=10,
+        default=defaults.max_bad_files,
         help="unreadable image files to skip (with a warning) before refusing the folder",
     )
 
@@ -257,14 +255,12 @@ def add_model_flags(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def add_optimisation_flags(group: argparse._ArgumentGroup) -> None:
-    # PAPER: batch 128 there (--recipe paper). The default of 64 takes twice the steps for the same
-    # images, which is what gets the built-in data past 95% in under 5 minutes on 2 CPU cores.
+def add_optimisation_flags(group: argparse._ArgumentGroup, defaults: DataConfig) -> None:
     group.add_argument("--epochs", type=int, default=8, help="number of epochs")
     group.add_argument(
         "--batch-size",
         type=int,
-        default=64,
+        default=defaults.batch_size,  # PAPER: 128 there (--recipe paper); see DataConfig
         help="images per step per process (with torchrun the global batch is this times the number of processes)",
     )
     group.add_argument("--lr", type=float, default=0.01, help="peak learning rate")
@@ -303,7 +299,7 @@ def add_optimisation_flags(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def add_run_flags(parser: argparse.ArgumentParser) -> None:
+def add_run_flags(parser: argparse.ArgumentParser, defaults: DataConfig) -> None:
     group = parser.add_argument_group("device and precision")
     group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     group.add_argument(
@@ -324,7 +320,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the model (minutes of compilation; pays off on long GPU runs)",
     )
-    group.add_argument("--seed", type=int, default=0, help="random seed (data generation, init, order, augmentation)")
+    group.add_argument(
+        "--seed", type=int, default=defaults.seed, help="random seed (data generation, init, order, augmentation)"
+    )
     group = parser.add_argument_group("evaluation")
     group.add_argument(
         "--evaluate",
@@ -354,19 +352,30 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, checked: a bad value is one argparse error (exit status 2) naming the flag."""
-    argv = sys.argv[1:] if argv is None else argv
+    """The command line with --recipe applied, checked (get_settings adds what --resume and --evaluate bring)."""
     parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
-    if first.recipe:
-        parser.set_defaults(**RECIPES[first.recipe])
-    args = parser.parse_args(argv)
-    # The flags given on the command line, for --resume (which takes the others from the checkpoint).
-    explicit = build_parser()
-    for action in explicit._actions:
-        action.default = argparse.SUPPRESS
-    args.explicit = sorted(vars(explicit.parse_args(argv)))
-    problem = bad_value(args, parser)
+    return check_args(parser, resolve_settings(*parse_command_line(parser, argv)))
+
+
+def get_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None, dict | None]:
+    """(every setting, the checkpoint --resume names, the checkpoint --evaluate names): the command
+    line checked, then what the checkpoints bring (resolve_settings decides who wins)."""
+    parser = build_parser()
+    defaults, given = parse_command_line(parser, argv)
+    args = check_args(parser, resolve_settings(defaults, given))
+    resume = read_resume(args.resume) if args.resume else None
+    evaluated = read_checkpoint_or_exit(args.evaluate, "best.pt", "--evaluate") if args.evaluate else None
+    settings = resolve_settings(
+        defaults, given, resume["args"] if resume else None, evaluated["preprocess"] if evaluated else None
+    )
+    return argparse.Namespace(**{**settings, "device": args.device}), resume, evaluated
+
+
+def check_args(parser: argparse.ArgumentParser, settings: dict) -> argparse.Namespace:
+    """The settings as a namespace, with the device picked; a bad value is one argparse error (exit
+    status 2) naming the flag."""
+    args = argparse.Namespace(**settings)
+    problem = bad_value(args)
     if problem:
         parser.error(problem)
     if args.tensorboard:
@@ -381,12 +390,47 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bad_value(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+UNSET = object()  # marks the settings not given on the command line
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[dict, dict]:
+    """(the parser's default of every setting, the settings given on the command line; argv None: sys.argv's)."""
+    argv = sys.argv[1:] if argv is None else argv
+    defaults = vars(parser.parse_args([]))
+    # argparse fills in a default only where the namespace has no value yet: what stays UNSET was not given.
+    parsed = vars(parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(defaults, UNSET))))
+    return defaults, {key: value for key, value in parsed.items() if value is not UNSET}
+
+
+def resolve_settings(defaults: dict, given: dict, resumed: dict | None = None, evaluated: dict | None = None) -> dict:
+    """Every setting's value, decided here alone. Each source wins over those above it:
+
+    | source                                            | the settings it gives                          |
+    |---------------------------------------------------|------------------------------------------------|
+    | the parser's defaults (DataConfig's for data)     | all                                            |
+    | `--recipe NAME` (RECIPES)                         | the recipe's                                   |
+    | the checkpoint of `--resume` (its "args")         | all but NOT_RESUMED (where and how to compute, |
+    |                                                   | what to write, loaders: this machine's choice) |
+    | the command line                                  | those given (e.g. a larger --epochs)           |
+    | the checkpoint of `--evaluate` (its "preprocess") | image_size, in_channels (the model's input)    |
+
+    `defaults` and `given` come from parse_command_line; `resumed` is a checkpoint's "args" (a run
+    that used --recipe stored its values there), `evaluated` a checkpoint's "preprocess".
+    """
+    settings = {**defaults, **RECIPES.get(given.get("recipe"), {})}
+    if resumed is not None:  # older checkpoints may hold settings that no longer exist: skipped
+        settings.update({k: v for k, v in resumed.items() if k in defaults and k not in NOT_RESUMED})
+    settings.update(given)
+    if evaluated is not None:  # e.g. an MNIST model evaluated on RGB folders: the data is converted
+        settings.update(image_size=evaluated["image_size"], in_channels=evaluated["in_channels"])
+    return settings
+
+
+def bad_value(args: argparse.Namespace) -> str | None:
     """What is wrong with the parsed flags, or None."""
-    for action in parser._actions:  # nan and inf pass float() but no check below
-        value = getattr(args, action.dest, None)
-        if action.type is float and value is not None and not math.isfinite(value):
-            return f"{action.option_strings[0]} must be a finite number, got {value}"
+    for dest, value in vars(args).items():  # nan and inf pass float() but no check below
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"--{dest.replace('_', '-')} must be a finite number, got {value}"
     for flag in ("epochs", "batch_size", "train_size", "val_size", "lr_step", "log_interval", "lr_patience"):
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
@@ -438,85 +482,89 @@ class Setup:
 
 @dataclass
 class Run:
-    """What the loop works with; train_one_epoch, finish_epoch and the checkpoint take it whole."""
+    """What a run is, start to end: its settings, where it computes, its data, its folder and its stop signal."""
 
     args: argparse.Namespace
     setup: Setup
     data: Data
-    model: AlexNet  # the plain module, whose state_dict checkpoints hold
-    forward: torch.nn.Module  # what trains: the model, wrapped by DDP and torch.compile where asked
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    schedule: Schedule
-    criterion: torch.nn.Module
-    steps_per_epoch: int
-    stop: "StopSignal" = field(default_factory=lambda: StopSignal())
-    run_dir: Path = Path()
-    # Crop boxes, flips, lighting (drawn on the CPU): reseeded every epoch.
-    augment_rng: torch.Generator = field(default_factory=torch.Generator)
-    best_top1: float = -1.0
-    metrics: list[dict] = field(default_factory=list)
-    chance: ChanceWatch = field(default_factory=ChanceWatch)  # is the loss stuck at ln(classes)?
-    warned_data: bool = False  # the data-wait warning is given once a run
-    writer: object = None  # a TensorBoard SummaryWriter, with --tensorboard
+    run_dir: Path
+    stop: "StopSignal"
 
     def log(self, *args, **kwargs) -> None:
         self.setup.log(*args, **kwargs)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = get_args(argv)
+@dataclass
+class Training:
+    """What trains, and what --resume restores of it (with Record)."""
 
-    # Device, precision ------------------------------------------------------------------------
+    model: AlexNet  # the plain module, whose state_dict checkpoints hold
+    forward: torch.nn.Module  # what computes: fast_forward(model), wrapped by DDP and torch.compile where asked
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    criterion: torch.nn.Module
+    steps_per_epoch: int
+    # Crop boxes, flips, lighting (drawn on the CPU): reseeded every epoch.
+    augment_rng: torch.Generator = field(default_factory=torch.Generator)
+    chance: ChanceWatch = field(default_factory=ChanceWatch)  # is the loss stuck at ln(classes)?
+
+
+@dataclass
+class Record:
+    """What the run has measured so far, and where it reports it."""
+
+    metrics: list[dict] = field(default_factory=list)
+    best_top1: float = -1.0
+    writer: object = None  # a TensorBoard SummaryWriter, with --tensorboard
+    warned_data: bool = False  # the data-wait warning is given once a run
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, resume, evaluated = get_settings(argv)  # the flags, with what --resume or --evaluate bring
+
+    # Device, seed, precision (after the settings: a resumed run's --deterministic and --amp count) ---
     setup = make_setup(args)
-    resume_path, resume = read_resume(args) if args.resume else (None, None)  # it brings the run's settings
-    evaluated = read_evaluated(args) if args.evaluate else None  # it brings its input size and channels
 
     # Data (after checking, before it is allocated, that it fits and that the run can be written) ---
-    check_before_loading(args, setup, resume is None and evaluated is None)
-    data = load_data_or_exit(args, setup)
+    config = data_config(args)
+    check_before_loading(args, config, setup, new_run=resume is None and evaluated is None)
+    data = load_data_or_exit(args, setup, config)
     if evaluated is not None:  # --evaluate: one pass over the validation set, then stop
         evaluate_checkpoint(args, evaluated, data, setup)
         return
 
     # Model (seeded here: the weights do not depend on what loading the data drew) ---------------
     seed_everything(args.seed + setup.rank)  # dropout differs per process; DDP copies rank 0's initial weights
-    model = build_model(args, data, resume, resume_path).to(setup.device, memory_format=setup.memory_format)
-    # DDP averages the gradients over the processes during backward (and starts them all from
-    # rank 0's weights); `model` stays the plain module, whose state_dict checkpoints hold.
-    forward = torch.nn.parallel.DistributedDataParallel(model) if setup.world_size > 1 else model
-    # torch.compile fuses the ReLUs, dropouts and casts into the matmuls and convolutions around them.
-    forward = torch.compile(forward) if args.compile else forward
+    model = build_model(args, data, resume).to(setup.device, memory_format=setup.memory_format)
+    forward = make_forward(model, setup, args.compile)
 
     # Optimiser and schedule -------------------------------------------------------------------
-    optimizer = make_optimizer(args, model, setup.device)
-    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
-    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.amp_dtype == torch.float16)
-    steps_per_epoch = min(data.train.num_batches(), args.max_steps or math.inf)
-    schedule = make_schedule(args, steps_per_epoch)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    run = Run(args, setup, data, model, forward, optimizer, scaler, schedule, criterion, steps_per_epoch)
+    training = make_training(args, setup, model, forward, data.train.num_batches())
 
     # Output: a new run directory, or the interrupted run's -------------------------------------
-    start_epoch, partial = restore(run, resume, resume_path) if resume is not None else (1, None)
-    run.run_dir = resume_path.parent if resume is not None else new_run_dir(run)
-    run.writer = tensorboard_writer(run.run_dir) if args.tensorboard and setup.rank == 0 else None
-    run.log(f"Writing to {run.run_dir}/")
+    run_dir = resume_file(args.resume).parent if resume is not None else new_run_dir(args, setup, data)
+    run, record = Run(args, setup, data, run_dir, StopSignal()), Record()
+    start_epoch, partial = restore(run, training, record, resume) if resume is not None else (1, None)
+    record.writer = tensorboard_writer(run_dir) if args.tensorboard and setup.rank == 0 else None
+    run.log(f"Writing to {run_dir}/")
 
     # Loop -------------------------------------------------------------------------------------
     run.stop.install()
     for epoch in range(start_epoch, args.epochs + 1):
         started = time.perf_counter() - (partial["seconds"] if partial else 0.0)  # an interrupted epoch's time counts
-        train = train_one_epoch(run, epoch, partial, started)
+        train, stopped = train_one_epoch(run, training, epoch, partial, started)
+        if stopped is not None:  # Ctrl-C or SIGTERM: save where the epoch stopped, and exit
+            stop_mid_epoch(run, training, record, epoch, stopped)
         partial = None
         batches = validation_batches(data, data.preprocess, setup.memory_format, args.max_steps)
         val = evaluate(forward, batches, setup.amp_dtype, len(data.classes), setup.world_size)
-        finish_epoch(run, epoch, train, val, started)
+        finish_epoch(run, training, record, epoch, train, val, started)
         if epoch < args.epochs:
             stop_if_asked(run, epoch)
 
     # Summary ----------------------------------------------------------------------------------
-    summarize(run)
+    summarize(run, record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,7 +587,7 @@ def configure_device(device: torch.device, deterministic: bool) -> torch.memory_
     """Backend settings for speed, or for repeatable results; the memory format models and batches use."""
     if deterministic:
         # The same result for the same input on the same machine: deterministic kernels only (cuDNN's
-        # and cuBLAS's included); AlexNet pools with matrix products then (see AlexNet.forward).
+        # and cuBLAS's included); the model pools with matrix products then (see speedups.py).
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         # Fixed input size: let cuDNN time its kernels and keep the fastest (which may differ run to run).
@@ -568,10 +616,38 @@ def read_checkpoint_or_exit(name: str, default_file: str, flag: str) -> dict:
         raise SystemExit(f"error: {flag} {error}") from None
 
 
-def check_before_loading(args: argparse.Namespace, setup: Setup, new_run: bool) -> None:
+def resume_file(name: str) -> Path:
+    """The checkpoint --resume names: a file, or a run directory's last.pt."""
+    return Path(name) / "last.pt" if Path(name).is_dir() else Path(name)
+
+
+def read_resume(name: str) -> dict:
+    """The checkpoint --resume names (resolve_settings takes the run's settings from its "args")."""
+    path, resume_path = Path(name), resume_file(name)
+    if path.is_dir() and not resume_path.is_file():
+        there = sorted(f"{p.name}/" if p.is_dir() else p.name for p in path.iterdir())
+        hint = f"; --evaluate {path / 'best.pt'} or start a new run" if "best.pt" in there else "; start a new run"
+        raise SystemExit(
+            f"error: --resume {name}: this run directory has no last.pt (deleted, or the run stopped before "
+            f"its first epoch ended); it holds {', '.join(there) or 'nothing'}{hint}"
+        )
+    if not resume_path.is_file():
+        raise SystemExit(f"error: --resume {name}: no checkpoint there (expected a last.pt or a run directory)")
+    resume = read_checkpoint_or_exit(str(resume_path), "last.pt", "--resume")
+    if "optimizer" not in resume or "args" not in resume:
+        raise SystemExit(f"error: --resume {resume_path}: holds weights only (best.pt); resume from last.pt")
+    return resume
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The data settings, taken from the flags of the same names."""
+    normalization = (IMAGENET_MEAN, IMAGENET_STD) if args.pretrained else None  # what the weights expect
+    return DataConfig.from_settings(vars(args), normalization=normalization)
+
+
+def check_before_loading(args: argparse.Namespace, config: DataConfig, setup: Setup, new_run: bool) -> None:
     """One error line, before minutes of loading, for a run that cannot fit in memory or cannot be written."""
-    config = data_config(args)
-    size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
+    size = config.image_size
     with torch.device("meta"):  # the parameter count, without the parameters
         parameters = sum(p.numel() for p in AlexNet(num_classes=1, **MODELS[args.model]).parameters())
     data, training = stored_bytes(config), training_memory(parameters, args.batch_size, args.in_channels or 3, size)
@@ -599,92 +675,35 @@ def gb(size: int) -> str:
     return f"{size / 1e9:,.1f} GB"
 
 
-def read_evaluated(args: argparse.Namespace) -> dict:
-    """The checkpoint --evaluate names; its input size and channels replace the flags' (e.g. an
-    MNIST model evaluated on RGB folders: the data is converted)."""
-    checkpoint = read_checkpoint_or_exit(args.evaluate, "best.pt", "--evaluate")
-    args.image_size = checkpoint["preprocess"]["image_size"]
-    args.in_channels = checkpoint["preprocess"]["in_channels"]
-    return checkpoint
-
-
-def read_resume(args: argparse.Namespace) -> tuple[Path, dict]:
-    """The checkpoint --resume names, with the run's own settings copied into `args` (flags given
-    again on the command line win)."""
-    path = Path(args.resume)
-    resume_path = path / "last.pt" if path.is_dir() else path
-    if path.is_dir() and not resume_path.is_file():
-        there = sorted(f"{p.name}/" if p.is_dir() else p.name for p in path.iterdir())
-        hint = f"; --evaluate {path / 'best.pt'} or start a new run" if "best.pt" in there else "; start a new run"
-        raise SystemExit(
-            f"error: --resume {args.resume}: this run directory has no last.pt (deleted, or the run stopped before "
-            f"its first epoch ended); it holds {', '.join(there) or 'nothing'}{hint}"
-        )
-    if not resume_path.is_file():
-        raise SystemExit(f"error: --resume {args.resume}: no checkpoint there (expected a last.pt or a run directory)")
-    resume = read_checkpoint_or_exit(str(resume_path), "last.pt", "--resume")
-    if "optimizer" not in resume or "args" not in resume:
-        raise SystemExit(f"error: --resume {resume_path}: holds weights only (best.pt); resume from last.pt")
-    for key, value in resume["args"].items():
-        if key not in args.explicit and key not in NOT_RESUMED and key != "explicit":
-            setattr(args, key, value)
-    return resume_path, resume
-
-
-def data_config(args: argparse.Namespace) -> DataConfig:
-    return DataConfig(
-        dataset=args.dataset,
-        data_dir=args.data,
-        data_root=args.data_root,
-        download=args.download,
-        image_size=args.image_size,
-        in_channels=args.in_channels,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        augment=args.augment,
-        lighting=args.lighting,
-        lighting_pca=args.lighting_pca,
-        normalization=(IMAGENET_MEAN, IMAGENET_STD) if args.pretrained else None,  # what the weights expect
-        loader=args.loader,
-        pack_dir=args.pack_dir,
-        pack_format=args.pack_format,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        max_bad_files=args.max_bad_files,
-    )
-
-
 @contextlib.contextmanager
 def data_errors(args: argparse.Namespace):
-    """A DataError (loading, or an unreadable file found while streaming) as one line naming the flag."""
+    """A DataError (loading, or an unreadable file found while streaming) as one line naming the flag
+    (DataError.setting is the DataConfig field, named as its flag)."""
     try:
         yield
     except DataError as error:
-        dest = "data" if error.setting == "data_dir" else error.setting
-        value = getattr(args, dest)
-        line = f"error: --{dest.replace('_', '-')}{'' if value is None else f' {value}'}: {error}"
+        value = getattr(args, error.setting)
+        line = f"error: --{error.setting.replace('_', '-')}{'' if value is None else f' {value}'}: {error}"
         if error.setting == "dataset" and not args.download:
             line += "; add --download (needs network) or copy the files there"
         raise SystemExit(line) from None
 
 
-def load_data_or_exit(args: argparse.Namespace, setup: Setup) -> Data:
+def load_data_or_exit(args: argparse.Namespace, setup: Setup, config: DataConfig | None = None) -> Data:
     """load_data with what it is doing said first and what it got said after."""
-    config, log = data_config(args), setup.log
+    config, log = config or data_config(args), setup.log
     device, rank, world_size, amp_dtype = setup.device, setup.rank, setup.world_size, setup.amp_dtype
-    size = config.image_size or DEFAULT_IMAGE_SIZE[config.source]
     if config.source == "shapes":
         log(
-            f"Training on the built-in shapes dataset (generated in code, {args.train_size} train / "
-            f"{args.val_size} val images at {size}px)."
+            f"Training on the built-in shapes dataset (generated in code, {config.train_size} train / "
+            f"{config.val_size} val images at {config.image_size}px)."
         )
         log(
             "For real data: --dataset mnist|fashion-mnist|cifar10|cifar100 [--download], or --data DIR "
             "(DIR/train/<class>/*, DIR/val/<class>/*). See python train.py --help."
         )
     else:
-        log(f"Training on {args.data or f'{config.source} from {args.data_root}/'} at {size}px")
+        log(f"Training on {config.data or f'{config.source} from {config.data_root}/'} at {config.image_size}px")
     start = time.perf_counter()
     if world_size > 1 and rank != 0:
         dist.barrier()  # rank 0 decodes and caches image folders first; the others then read the cache
@@ -698,7 +717,7 @@ def load_data_or_exit(args: argparse.Namespace, setup: Setup) -> Data:
     precision = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "") + " autocast"
     log(
         f"{len(data.train)} training and {len(data.val)} validation images, {len(data.classes)} classes, "
-        f"{data.preprocess.in_channels} channel(s), {LOADED[type(data.train)]}, "
+        f"{data.preprocess.in_channels} channel(s), {data.train.kind}, "
         f"ready in {time.perf_counter() - start:.1f}s; device {device}"
         f"{f' x {world_size} processes' if world_size > 1 else ''}, {precision}"
     )
@@ -729,7 +748,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: dict, data: Data, 
         )
     batches = validation_batches(data, eval_preset(checkpoint), setup.memory_format, args.max_steps, args.tta)
     with data_errors(args):
-        val = evaluate(model, batches, setup.amp_dtype, len(data.classes), setup.world_size)
+        val = evaluate(fast_forward(model), batches, setup.amp_dtype, len(data.classes), setup.world_size)
     crops = "10-crop" if args.tta == "10crop" else "centre crop"
     setup.log(
         f"{args.evaluate} ({crops}): validation loss {val['loss']:.3f} "
@@ -741,7 +760,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: dict, data: Data, 
         dist.destroy_process_group()
 
 
-def build_model(args: argparse.Namespace, data: Data, resume: dict | None, resume_path: Path | None) -> AlexNet:
+def build_model(args: argparse.Namespace, data: Data, resume: dict | None) -> AlexNet:
     """A fresh AlexNet as the flags describe, or torchvision's ImageNet weights with a new last layer;
     when resuming, checked to be the checkpoint's model."""
     if args.pretrained:
@@ -756,11 +775,34 @@ def build_model(args: argparse.Namespace, data: Data, resume: dict | None, resum
         model = AlexNet(num_classes=len(data.classes), in_channels=channels, **options)
     if resume is not None:
         try:
-            check_same_model(resume, model.config, resume_path)
+            check_same_model(resume, model.config, resume_file(args.resume))
         except CheckpointError as error:
             hint = "resume with the same data and model flags, or start a new run"
             raise SystemExit(f"error: --resume {error}; {hint}") from None
     return model
+
+
+def make_forward(model: AlexNet, setup: Setup, compile: bool) -> torch.nn.Module:
+    """What computes the model: its measured speed-ups (speedups.py), averaged over the processes by
+    DDP, compiled where asked. `model` stays the plain module, whose state_dict checkpoints hold."""
+    forward = fast_forward(model)
+    # DDP averages the gradients over the processes during backward (and starts them all from rank 0's weights).
+    forward = torch.nn.parallel.DistributedDataParallel(forward) if setup.world_size > 1 else forward
+    # torch.compile fuses the ReLUs, dropouts and casts into the matmuls and convolutions around them.
+    return torch.compile(forward) if compile else forward
+
+
+def make_training(
+    args: argparse.Namespace, setup: Setup, model: AlexNet, forward: torch.nn.Module, batches: int
+) -> Training:
+    """The optimiser, loss scaling, schedule and loss for `batches` training batches an epoch."""
+    optimizer = make_optimizer(args, model, setup.device)
+    # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.amp_dtype == torch.float16)
+    steps_per_epoch = min(batches, args.max_steps or math.inf)
+    schedule = make_schedule(args, steps_per_epoch)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    return Training(model, forward, optimizer, scaler, schedule, criterion, steps_per_epoch)
 
 
 def make_optimizer(args: argparse.Namespace, model: AlexNet, device: torch.device) -> torch.optim.SGD:
@@ -780,55 +822,55 @@ def make_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
     return Schedule(args.schedule, args.lr, total_steps, args.warmup_steps, **options)
 
 
-def restore(run: Run, resume: dict, resume_path: Path) -> tuple[int, dict | None]:
-    """Load a checkpoint's state into the run -> (first epoch to train, where an interrupted epoch stopped)."""
-    args = run.args
+def restore(run: Run, training: Training, record: Record, resume: dict) -> tuple[int, dict | None]:
+    """Load a checkpoint's state into the training and the record -> (first epoch to train, where an
+    interrupted epoch stopped)."""
+    args, setup, resume_path = run.args, run.setup, resume_file(run.args.resume)
     old_world_size, old_batch_size = resume.get("world_size", 1), resume["args"]["batch_size"]
     partial = resume.get("partial")  # older runs: no partial
     # An interrupted epoch is resumed by its batch count, and one-cycle by its step count: both
     # mean something else under another global batch.
-    old_batch, new_batch = old_world_size * old_batch_size, run.setup.world_size * args.batch_size
+    old_batch, new_batch = old_world_size * old_batch_size, setup.world_size * args.batch_size
     if old_batch != new_batch and (partial is not None or args.schedule == "onecycle"):
         why = "the run stopped mid-epoch" if partial is not None else "its one-cycle schedule counts steps"
         raise SystemExit(
             f"error: --resume {resume_path}: {why}, so it needs its global batch of {old_batch} "
             f"({old_world_size} process(es) of --batch-size {old_batch_size}), not {new_batch}"
         )
-    run.model.load_state_dict(resume["model"])
-    run.optimizer.load_state_dict(resume["optimizer"])
+    training.model.load_state_dict(resume["model"])
+    training.optimizer.load_state_dict(resume["optimizer"])
     # Checkpoints written before the Schedule object held PyTorch's schedulers instead.
     state = resume.get("schedule") or state_from_old_checkpoint(resume, args.lr, args.warmup_steps)
-    run.schedule.load_state_dict(state)
-    run.scaler.load_state_dict(resume["scaler"])
-    run.best_top1 = resume["best_top1"]
-    if run.setup.rank == 0:  # other processes keep their own seeds: exact resumption is a single-process promise
-        set_rng_states(resume["rng"], run.setup.device)
+    training.schedule.load_state_dict(state)
+    training.scaler.load_state_dict(resume["scaler"])
+    record.best_top1 = resume["best_top1"]
+    if setup.rank == 0:  # other processes keep their own seeds: exact resumption is a single-process promise
+        set_rng_states(resume["rng"], setup.device)
     start_epoch = resume["epoch"] + 1
-    run.metrics = read_metrics(resume_path.parent / "metrics.jsonl", before_epoch=start_epoch)
+    record.metrics = read_metrics(resume_path.parent / "metrics.jsonl", before_epoch=start_epoch)
     where = f", step {partial['batch'] + 1}" if partial else ""
     run.log(f"Resuming {resume_path} at epoch {start_epoch}{where}")
-    if (old_world_size, old_batch_size) != (run.setup.world_size, args.batch_size):
+    if (old_world_size, old_batch_size) != (setup.world_size, args.batch_size):
         run.log(
             f"note: that run had {old_world_size} process(es) of batch {old_batch_size}, this one has "
-            f"{run.setup.world_size} of batch {args.batch_size}: the global batch is now {new_batch}"
+            f"{setup.world_size} of batch {args.batch_size}: the global batch is now {new_batch}"
         )
     return start_epoch, partial
 
 
-def new_run_dir(run: Run) -> Path:
+def new_run_dir(args: argparse.Namespace, setup: Setup, data: Data) -> Path:
     """runs/<name>/, created by rank 0; an existing one is never reused."""
-    args = run.args
     source = Path(args.data).resolve().name if args.data else args.dataset
     run_dir = Path(args.out_dir) / (args.name or f"{source}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if run.setup.rank == 0:
+    if setup.rank == 0:
         if run_dir.exists():
             raise SystemExit(
                 f"error: run directory {run_dir} already exists; choose another --name or --resume {run_dir}"
             )
         run_dir.mkdir(parents=True)
-        if isinstance(run.data.val, (InMemory, Packed)):  # images at hand, without decoding files
-            images, labels = run.data.val.take(sample_indices(8, len(run.data.val)))
-            save_samples(images, labels, run.data.classes, run_dir / "samples")
+        if data.val.random_access:  # images at hand, without decoding files
+            images, labels = data.val.take(sample_indices(8, len(data.val)))
+            save_samples(images, labels, data.classes, run_dir / "samples")
     return run_dir
 
 
@@ -883,43 +925,46 @@ class EpochTotals:
         self.seen += len(labels)
 
 
-def train_one_epoch(run: Run, epoch: int, partial: dict | None, started: float) -> dict:
-    """One pass over the training data, or what an interrupted one left -> the epoch's training figures."""
-    args, setup = run.args, run.setup
-    run.model.train()
+def train_one_epoch(
+    run: Run, training: Training, epoch: int, partial: dict | None, started: float
+) -> tuple[dict, dict | None]:
+    """One pass over the training data, or what an interrupted one left -> (the epoch's training
+    figures, None); or, when Ctrl-C or SIGTERM came, ({}, where the epoch stopped) to be saved."""
+    args, setup, data = run.args, run.setup, run.data
+    training.model.train()
     totals = EpochTotals(torch.tensor([0.0, 0.0, 0.0, -1.0], device=setup.device, dtype=torch.float64))
-    first_batch, lr = 0, run.schedule.lr()
-    run.augment_rng.manual_seed(args.seed * 1000 + epoch)
+    first_batch, lr = 0, training.schedule.lr()
+    training.augment_rng.manual_seed(args.seed * 1000 + epoch)
     if partial is not None:  # continue an interrupted epoch exactly where it stopped
         totals.sums = torch.tensor(partial["totals"], device=setup.device, dtype=torch.float64)
         totals.seen, totals.data_seconds = partial["seen"], partial.get("data_seconds", 0.0)
         totals.synced = (partial["totals"][0], partial["seen"])
         first_batch, lr = partial["batch"], partial["lr"]
-        run.augment_rng.set_state(partial["augment_rng"])
+        training.augment_rng.set_state(partial["augment_rng"])
     run.log(f"Epoch {epoch}/{args.epochs}  lr {lr:.4g}")
     interactive = sys.stdout.isatty() and setup.rank == 0
     show_every = 10 if interactive else args.log_interval  # reading the loss syncs with the device
-    bar = progress_bar(run.steps_per_epoch, first_batch, interactive)
-    batches = timed(run.data.train.batches(seed=args.seed * 1000 + epoch, start=first_batch), totals)
+    bar = progress_bar(training.steps_per_epoch, first_batch, interactive)
+    batches = timed(data.train.batches(seed=args.seed * 1000 + epoch, start=first_batch), totals)
     with data_errors(args):  # a streamed folder finds its unreadable files as it reads them
         for i, (images, labels) in enumerate(batches, start=first_batch + 1):
-            for group in run.optimizer.param_groups:
-                group["lr"] = run.schedule.lr()
-            x = train_transform(images, run.data.augment, run.augment_rng, setup.memory_format, setup.rank,
+            for group in training.optimizer.param_groups:
+                group["lr"] = training.schedule.lr()
+            x = train_transform(images, data.augment, training.augment_rng, setup.memory_format, setup.rank,
                                 setup.world_size)  # fmt: skip
-            logits, loss = train_step(run.forward, run.criterion, run.optimizer, run.scaler, x, labels, setup.amp_dtype)
-            run.schedule.step += 1
+            logits, loss = train_step(training.forward, training.criterion, training.optimizer, training.scaler, x,
+                                      labels, setup.amp_dtype)  # fmt: skip
+            training.schedule.step += 1
             totals.add(i, logits.detach(), loss.detach(), labels)
-            shown = i % show_every == 0 or i == run.steps_per_epoch
+            shown = i % show_every == 0 or i == training.steps_per_epoch
             if shown or setup.world_size == 1 and run.stop.signal:
-                check_progress(run, totals, epoch, i, bar if shown and setup.rank == 0 else None, started)
-            last = i >= run.steps_per_epoch
+                check_progress(run, training, totals, epoch, i, bar if shown and setup.rank == 0 else None, started)
+            last = i >= training.steps_per_epoch
             if (shown or setup.world_size == 1) and not last and run.stop.requested(setup.world_size, setup.device):
                 bar.close()
-                partial = {"batch": i, "totals": totals.sums.tolist(), "seen": totals.seen, "lr": lr,
-                           "augment_rng": run.augment_rng.get_state(), "data_seconds": totals.data_seconds,
-                           "seconds": time.perf_counter() - started}  # fmt: skip
-                stop_mid_epoch(run, epoch, partial)
+                return {}, {"batch": i, "totals": totals.sums.tolist(), "seen": totals.seen, "lr": lr,
+                            "augment_rng": training.augment_rng.get_state(), "data_seconds": totals.data_seconds,
+                            "seconds": time.perf_counter() - started}  # fmt: skip
             if last:
                 break
     bar.close()
@@ -927,7 +972,7 @@ def train_one_epoch(run: Run, epoch: int, partial: dict | None, started: float) 
     seconds = time.perf_counter() - started
     return {"loss": loss_sum / totals.seen, "top1": top1 / totals.seen, "top5": top5 / totals.seen, "lr": lr,
             "images_per_second": totals.seen * setup.world_size / seconds, "data_seconds": totals.data_seconds,
-            "compute_seconds": seconds - totals.data_seconds}  # fmt: skip
+            "compute_seconds": seconds - totals.data_seconds}, None  # fmt: skip
 
 
 def timed(batches, totals: EpochTotals):
@@ -944,9 +989,11 @@ def timed(batches, totals: EpochTotals):
         yield batch
 
 
-def check_progress(run: Run, totals: EpochTotals, epoch: int, step: int, bar, started: float) -> None:
+def check_progress(run: Run, training: Training, totals: EpochTotals, epoch: int, step: int, bar,
+                   started: float) -> None:  # fmt: skip
     """At a host sync: stop on a non-finite loss, show the progress (on `bar`, if given), and warn once
     when the loss has sat at chance for a few hundred steps."""
+    args, classes = run.args, len(run.data.classes)
     loss_sum, hits, _, bad_step = totals.sums.tolist()  # the only host sync of the loop
     if bad_step >= 0:
         diverged(run, epoch, int(bad_step), loss_sum / totals.seen)
@@ -954,12 +1001,11 @@ def check_progress(run: Run, totals: EpochTotals, epoch: int, step: int, bar, st
         show_progress(bar, step, loss_sum / totals.seen, hits / totals.seen, time.perf_counter() - started)
     window_loss, window_seen = loss_sum - totals.synced[0], totals.seen - totals.synced[1]
     totals.synced = (loss_sum, totals.seen)
-    steps = window_seen // run.args.batch_size
-    if window_seen and run.chance.update(window_loss / window_seen, steps, len(run.data.classes)):
+    if window_seen and training.chance.update(window_loss / window_seen, window_seen // args.batch_size, classes):
         run.log(
-            f"warning: the training loss has stayed at chance (ln {len(run.data.classes)} = "
-            f"{math.log(len(run.data.classes)):.3f}) for {run.chance.steps} steps: the network is not learning; "
-            f"lower --lr (now {run.args.lr}), raise --warmup-steps (now {run.args.warmup_steps}) or use --init he"
+            f"warning: the training loss has stayed at chance (ln {classes} = {math.log(classes):.3f}) for "
+            f"{training.chance.steps} steps: the network is not learning; lower --lr (now {args.lr}), raise "
+            f"--warmup-steps (now {args.warmup_steps}) or use --init he"
         )
 
 
@@ -983,20 +1029,23 @@ def diverged(run: Run, epoch: int, step: int, loss: float) -> None:
     )
 
 
-def stop_mid_epoch(run: Run, epoch: int, partial: dict) -> None:
+def stop_mid_epoch(run: Run, training: Training, record: Record, epoch: int, partial: dict) -> None:
     """Save a checkpoint that resumes at the next step of this epoch, and stop (exit 130 or 143)."""
     if run.setup.rank == 0:
-        save_atomically(checkpoint_state(run, epoch - 1, partial), run.run_dir / "last.pt")
+        save_atomically(checkpoint_state(run, training, record, epoch - 1, partial), run.run_dir / "last.pt")
     run.log(
-        f"{run.stop.name()}: stopped at epoch {epoch}, step {partial['batch']}/{run.steps_per_epoch}; "
+        f"{run.stop.name()}: stopped at epoch {epoch}, step {partial['batch']}/{training.steps_per_epoch}; "
         f"saved {run.run_dir / 'last.pt'}. Resume with: python train.py --resume {run.run_dir}"
     )
     raise SystemExit(128 + run.stop.signal)
 
 
-def finish_epoch(run: Run, epoch: int, train: dict, val: dict, started: float) -> None:
+def finish_epoch(
+    run: Run, training: Training, record: Record, epoch: int, train: dict, val: dict, started: float
+) -> None:
     """The end of an epoch: the schedule, the metrics row and its line, the pictures at the end, the checkpoints."""
-    run.schedule.end_epoch(val["top1"])
+    args = run.args
+    training.schedule.end_epoch(val["top1"])
     row = {
         "epoch": epoch,
         "train_loss": train["loss"],
@@ -1013,68 +1062,66 @@ def finish_epoch(run: Run, epoch: int, train: dict, val: dict, started: float) -
     }
     waiting = train["data_seconds"] / max(train["data_seconds"] + train["compute_seconds"], 1e-9)
     run.log(
-        f"Epoch {epoch}/{run.args.epochs}  train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}%  |  "
+        f"Epoch {epoch}/{args.epochs}  train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}%  |  "
         f"val loss {val['loss']:.3f} top-1 {100 * val['top1']:.1f}% top-5 {100 * val['top5']:.1f}%  |  "
         f"{row['epoch_seconds']:.0f}s  {row['images_per_second']:.0f} img/s, {100 * waiting:.0f}% waiting for data",
         flush=True,
     )
-    if waiting > 0.2 and not run.warned_data:
-        run.warned_data = True
+    if waiting > 0.2 and not record.warned_data:
+        record.warned_data = True
         run.log(
             f"warning: training waited for data {100 * waiting:.0f}% of the time (the device sat idle then): "
-            f"raise --workers (now {run.args.workers}), keep the images in memory (--loader memory) if they fit, "
+            f"raise --workers (now {args.workers}), keep the images in memory (--loader memory) if they fit, "
             "or read them from a packed copy (--loader packed) when streaming"
         )
-    improved = val["top1"] > run.best_top1
-    run.best_top1 = max(run.best_top1, val["top1"])
+    improved = val["top1"] > record.best_top1
+    record.best_top1 = max(record.best_top1, val["top1"])
     if run.setup.rank != 0:  # rank 0 writes everything
         return
-    log_epoch(run.run_dir, run.metrics, row, run.writer)
-    if epoch == run.args.epochs or run.stop.signal:  # the other pictures once, at the end (a second or two each)
-        save_pictures(run, val)
-    state = checkpoint_state(run, epoch)
+    log_epoch(run.run_dir, record.metrics, row, record.writer)
+    if epoch == args.epochs or run.stop.signal:  # the other pictures once, at the end (a second or two each)
+        save_pictures(run, training.model, val)
+    state = checkpoint_state(run, training, record, epoch)
     save_atomically(state, run.run_dir / "last.pt")
     if improved:  # what inference needs, without the optimiser's momentum: half the size
         save_atomically({key: state[key] for key in INFERENCE_KEYS}, run.run_dir / "best.pt")
 
 
-def checkpoint_state(run: Run, epoch: int, partial: dict | None = None) -> dict:
+def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, partial: dict | None = None) -> dict:
     """Everything to rebuild the model (inference.py) and to continue exactly (--resume)."""
     return {
-        "model": run.model.state_dict(),
-        "model_config": run.model.config,
+        "model": training.model.state_dict(),
+        "model_config": training.model.config,
         "classes": run.data.classes,  # ids: what --evaluate checks the data against
         "class_names": run.data.class_names,  # what inference prints, where the ids are not names (ImageNet)
         "preprocess": asdict(run.data.preprocess),
-        "optimizer": run.optimizer.state_dict(),
-        "schedule": run.schedule.state_dict(),
-        "scaler": run.scaler.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "schedule": training.schedule.state_dict(),
+        "scaler": training.scaler.state_dict(),
         "epoch": epoch,  # the last completed epoch
         "partial": partial,  # where an interrupted epoch stopped, or None
-        "best_top1": run.best_top1,
+        "best_top1": record.best_top1,
         "world_size": run.setup.world_size,
-        "args": {
-            k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(run.args).items() if k != "explicit"
-        },
+        "args": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(run.args).items()},
         "rng": rng_states(run.setup.device),
     }
 
 
-def save_pictures(run: Run, val: dict) -> None:
+def save_pictures(run: Run, model: AlexNet, val: dict) -> None:
     """The learned filters, sample predictions and the confusion matrix (curves.png is drawn every epoch)."""
-    model, data, run_dir = run.model, run.data, run.run_dir
+    data, run_dir, setup = run.data, run.run_dir, run.setup
     plot_filters(
         model.features[0].weight.detach().float().cpu(), run_dir / "filters.png", groups=model.config["groups"]
     )
     names = data.class_names or data.classes  # "Samoyed" rather than "n02111889"
     if len(data.classes) <= 20:
         plot_confusion(val["confusion"], names, run_dir / "confusion.png")
-    if isinstance(data.val, (InMemory, Packed)):
+    if data.val.random_access:
         images, labels = data.val.take(sample_indices(8, len(data.val)))
         model.eval()
-        with torch.no_grad(), autocast(run.setup.device, run.setup.amp_dtype):
-            x = eval_transform(images, data.preprocess).contiguous(memory_format=run.setup.memory_format)
-            probabilities = model(x).float().softmax(1)
+        with torch.no_grad(), autocast(setup.device, setup.amp_dtype):
+            x = eval_transform(images, data.preprocess).contiguous(memory_format=setup.memory_format)
+            probabilities = fast_forward(model)(x).float().softmax(1)
         model.train()
         confidence, predictions = probabilities.max(1)
         plot_predictions(
@@ -1082,18 +1129,18 @@ def save_pictures(run: Run, val: dict) -> None:
         )
 
 
-def summarize(run: Run) -> None:
-    if run.metrics:
-        total = sum(m["epoch_seconds"] for m in run.metrics)
+def summarize(run: Run, record: Record) -> None:
+    if record.metrics:
+        total = sum(m["epoch_seconds"] for m in record.metrics)
         run.log(
-            f"Done: best validation top-1 {100 * run.best_top1:.1f}%, {total:.0f}s of training. "
+            f"Done: best validation top-1 {100 * record.best_top1:.1f}%, {total:.0f}s of training. "
             f"Checkpoints in {run.run_dir}/"
         )
     samples = sorted((run.run_dir / "samples").glob("*.png"))
     if samples:
         run.log(f"Try: python inference.py {samples[0]}")
-    if run.writer is not None:
-        run.writer.close()
+    if record.writer is not None:
+        record.writer.close()
     if run.setup.world_size > 1:
         dist.destroy_process_group()
 

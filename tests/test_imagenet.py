@@ -125,36 +125,36 @@ def test_wordnet_folders_are_named_from_the_file_beside_them(work: Path, source:
         write_mapping(root, wnids)
     else:  # what torchvision.datasets.ImageNet leaves: (wnid -> words, the val images' wnids)
         torch.save(({w: tuple(WORDS[w].split(", ")) for w in wnids}, ["n01440764", "n02111889"]), root / "meta.bin")
-    data = load(work, data_dir=str(root))
+    data = load(work, data=str(root))
     assert data.classes == ["n01440764", "n02111889"] and data.class_names == ["tench", "Samoyed"]
 
 
 def test_names_are_torchvisions_even_where_two_synsets_share_a_first_word(work: Path) -> None:
     wnids = sorted(WORDS)
     write_mapping(work, wnids)
-    names = class_names(work, wnids, "data_dir")
+    names = class_names(work, wnids, "data")
     categories = torchvision_categories()
     assert names == [categories[imagenet_wnids().index(wnid)] for wnid in wnids]
     assert names[1:2] + names[3:4] == ["crane bird", "crane"]  # unique, as torchvision's
 
 
 def test_ilsvrc_ids_without_a_file_beside_them_get_torchvisions_names(work: Path) -> None:
-    assert class_names(work, ["n01440764", "n02111889"], "data_dir") == ["tench", "Samoyed"]
-    assert class_names(work, ["n01440764", "n99999999"], "data_dir") is None  # not an ILSVRC-2012 class
-    assert class_names(work, ["ants", "bees"], "data_dir") is None  # folder names are names already
+    assert class_names(work, ["n01440764", "n02111889"], "data") == ["tench", "Samoyed"]
+    assert class_names(work, ["n01440764", "n99999999"], "data") is None  # not an ILSVRC-2012 class
+    assert class_names(work, ["ants", "bees"], "data") is None  # folder names are names already
 
 
 def test_a_class_the_mapping_does_not_list_is_one_error_naming_the_mapping(work: Path) -> None:
     root = write_class_folders(work / "imagenet", ["n01440764", "n02111889"])
     write_mapping(root, ["n01440764"])
-    error = data_error(load, work, data_dir=str(root))
-    assert error.setting == "data_dir" and "n02111889" in str(error) and str(root / MAPPING_FILE) in str(error)
+    error = data_error(load, work, data=str(root))
+    assert error.setting == "data" and "n02111889" in str(error) and str(root / MAPPING_FILE) in str(error)
 
 
 def test_a_damaged_meta_bin_is_one_error_saying_what_to_do(work: Path) -> None:
     root = write_class_folders(work / "imagenet", ["n01440764", "n02111889"])
     (root / "meta.bin").write_bytes(b"PK\x03\x04 half a file")
-    error = str(data_error(load, work, data_dir=str(root)))
+    error = str(data_error(load, work, data=str(root)))
     assert str(root / "meta.bin") in error and "delete it" in error
 
 
@@ -224,7 +224,7 @@ def test_weights_imagenet_names_each_class_as_a_model_trained_here_does(
     printed = dict(zip(meta["ids"], meta["classes"]))
     wnids = sorted(WORDS)
     write_mapping(tmp_path, wnids)  # the names a model trained on Kaggle's download carries
-    assert [printed[wnid] for wnid in wnids] == class_names(tmp_path, wnids, "data_dir")
+    assert [printed[wnid] for wnid in wnids] == class_names(tmp_path, wnids, "data")
     assert inference.class_ids(meta)["Samoyed"] == "n02111889"
 
 

@@ -243,7 +243,7 @@ def test_a_complete_pack_is_read_not_packed_again(photos: Path, tmp_path: Path, 
 def memory_and_packed(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """load_data on `photos` in memory and packed (data_root in a temporary folder)."""
     work = tmp_path_factory.mktemp("loaded")
-    common = dict(data_dir=str(photos), data_root=str(work / "data"), image_size=67, workers=0, batch_size=5)
+    common = dict(data=str(photos), data_root=str(work / "data"), image_size=67, workers=0, batch_size=5)
     memory = load_data(DataConfig(loader="memory", **common), CPU)
     packed = load_data(DataConfig(loader="packed", **common), CPU)
     return memory, packed, work
@@ -417,7 +417,7 @@ def test_a_changed_file_is_packed_again_and_auto_uses_the_pack_once_it_exists(
     changed = root / "train" / "b" / "img01.png"
     noise = np.random.default_rng(5).integers(0, 256, (30, 44, 3), dtype=np.uint8)
     Image.fromarray(noise).save(changed, compress_level=0)
-    config = dict(data_dir=str(root), data_root=str(tmp_path / "data"), image_size=67, workers=0, batch_size=4)
+    config = dict(data=str(root), data_root=str(tmp_path / "data"), image_size=67, workers=0, batch_size=4)
     assert type(load_data(DataConfig(**config), CPU).train) is InMemory  # small: in memory, no pack made
     assert not (tmp_path / "data" / "packs").exists()
     assert type(load_data(DataConfig(loader="packed", **config), CPU).train) is Packed

@@ -58,17 +58,17 @@ def write_folder(
 
 def folder_data(root: Path, tmp_path: Path, **overrides) -> tuple:
     """load_data on an image folder -> (train, val, classes, preprocess, augment)."""
-    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), image_size=67, loader="memory", workers=0)
+    options = dict(data=str(root), data_root=str(tmp_path / "data"), image_size=67, loader="memory", workers=0)
     data = load_data(DataConfig(batch_size=4, **{**options, **overrides}), torch.device("cpu"))
     return data.train, data.val, data.classes, data.preprocess, data.augment
 
 
 def preset(augment: str, dataset: str, store_size: int, image_size: int, mean: list, std: list, lighting: float = 0.0):
     """The training preset load_data makes for `dataset` ("folder": an image folder) stored at `store_size`."""
-    where = {"data_dir": "folder"} if dataset == "folder" else {"dataset": dataset}
-    config = DataConfig(augment=augment, lighting=lighting, normalization=(mean, std), **where)
+    where = {"data": "folder"} if dataset == "folder" else {"dataset": dataset}
+    config = DataConfig(augment=augment, lighting=lighting, normalization=(mean, std), image_size=image_size, **where)
     images = torch.zeros(1, 3, store_size, store_size, dtype=torch.uint8)
-    return make_presets(config, image_size, images)[1]
+    return make_presets(config, images)[1]
 
 
 # --- Same pixels as the reference transforms ---------------------------------------------------

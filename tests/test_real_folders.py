@@ -114,7 +114,7 @@ def cache_files(data_root: Path) -> list[Path]:
 
 def load_folder(root: Path, work: Path, **overrides) -> tuple:
     """load_data on an image folder, as train.py calls it -> (train, val, classes)."""
-    options = dict(data_dir=str(root), data_root=str(work / "data"), image_size=67, loader="memory", workers=0)
+    options = dict(data=str(root), data_root=str(work / "data"), image_size=67, loader="memory", workers=0)
     data = load_data(DataConfig(batch_size=16, **{**options, **overrides}), torch.device("cpu"))
     return data.train, data.val, data.classes
 

@@ -16,7 +16,7 @@ from conftest import ROOT, SCRIPT_ENV, run
 from PIL import Image
 
 import train
-from checkpoints import save_atomically
+from atomic_files import save_atomically
 from data_pipeline import DataConfig, load_data
 from errors import DataError
 from presets import train_transform
@@ -224,7 +224,7 @@ def write_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: i
 
 def load(root: Path, tmp_path: Path, rank: int = 0, world_size: int = 1, **overrides) -> tuple:
     """load_data on an image folder -> (train, val, classes, preprocess, augment)."""
-    options = dict(data_dir=str(root), data_root=str(tmp_path / "data"), image_size=67, loader="memory", workers=0)
+    options = dict(data=str(root), data_root=str(tmp_path / "data"), image_size=67, loader="memory", workers=0)
     data = load_data(DataConfig(batch_size=2, **{**options, **overrides}), torch.device("cpu"), rank, world_size)
     return data.train, data.val, data.classes, data.preprocess, data.augment
 
