@@ -2,7 +2,7 @@
 
 Every dataset becomes batches of uint8 images of one stored size (N, C, R, R) on the training
 device; augmentation and normalisation then run on the whole batch at once (presets.py), on the
-GPU when there is one. There are two ways to get those batches:
+GPU when there is one. Three kinds of `BatchSource` give those batches, alike to train.py:
 
 - In memory (datasets that fit: MNIST, CIFAR, the built-in shapes, small image folders): the
   images are decoded once into one uint8 tensor (folders: cached under data/cache/, see
@@ -19,7 +19,7 @@ R is the paper's 256 for 224-pixel crops ("we down-sampled the images to a fixed
 batch on the device instead.
 
     >>> data = load_data(DataConfig(dataset="shapes", train_size=1000), torch.device("cpu"))
-    >>> images, labels = next(data.train.batches(seed=0))     # uint8 (128, 3, 67, 67), int64 (128,)
+    >>> images, labels = next(data.train.batches(seed=0))     # uint8 (64, 3, 67, 67), int64 (64,)
 """
 
 import math
