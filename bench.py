@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, AlexNet
 from data_pipeline import DATASETS, LOADERS, Data, DataConfig, load_data, packs_dir
-from engine import pick_device, pick_precision, reuse_freed_memory, sync, train_step
+from engine import configure_device, pick_device, pick_precision, sync, train_step
 from errors import DataError
 from packs import PACK_FORMATS
 from presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, train_transform
@@ -197,8 +197,7 @@ def load_or_exit(args: argparse.Namespace, loader: str) -> Data:
 
 def run_ours(args: argparse.Namespace) -> dict:
     device = args.device
-    if device.type == "cpu":
-        reuse_freed_memory()  # as train.py does
+    configure_device(device, deterministic=False)  # as train.py does: cuDNN autotuning, TF32; the CPU's malloc
     start = time.perf_counter()
     data = load_or_exit(args, args.loader)
     train, classes, preprocess, preset = data.train, data.classes, data.preprocess, data.augment
@@ -289,6 +288,7 @@ def baseline_loader(args: argparse.Namespace, mean: list[float], std: list[float
 
 def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) -> dict:
     device = args.device
+    torch.backends.cudnn.benchmark = True  # as pytorch/examples' ImageNet script does (on CUDA)
     start = time.perf_counter()
     dataset, loader = baseline_loader(args, mean, std)
     setup_seconds = time.perf_counter() - start
@@ -345,8 +345,7 @@ def run_conventional_loader(args: argparse.Namespace) -> dict:
 def run_our_loader(args: argparse.Namespace) -> dict:
     """Our streamed or packed batches (args.only), augmented on the device as train.py does."""
     packed_before = set(packs_dir(DataConfig(data_root=args.data_root, pack_dir=args.pack_dir)).glob("*/pack.json"))
-    if args.device.type == "cpu":
-        reuse_freed_memory()  # as train.py does
+    configure_device(args.device, deterministic=False)  # as train.py does
     start = time.perf_counter()
     data = load_or_exit(args, args.only)
     result = {"setup_seconds": time.perf_counter() - start}

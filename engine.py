@@ -6,10 +6,13 @@ the host with the device inside a loop except where a number is needed.
 """
 
 import ctypes
+import datetime
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,6 +22,8 @@ from PIL import Image
 from image_files import load_image, pil_to_uint8
 from presets import TTA_MODES, eval_transform, ten_crop_transform
 from speedups import fast_forward
+
+T = TypeVar("T")
 
 # ----------------------------------------------------------------------------------------------
 # Device, precision, processes.
@@ -84,6 +89,43 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
     dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     return rank, world_size, device
+
+
+def configure_device(device: torch.device, deterministic: bool) -> torch.memory_format:
+    """Backend settings for speed, or for repeatable results; the memory format models and batches use."""
+    if deterministic:
+        # The same result for the same input on the same machine: deterministic kernels only (cuDNN's
+        # and cuBLAS's included); the model pools with matrix products then (see speedups.py).
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        # Fixed input size: let cuDNN time its kernels and keep the fastest (which may differ run to run).
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for whatever stays in fp32
+        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        reuse_freed_memory()  # the batches and activations of every step, without page faults
+    # channels_last lets oneDNN (CPU) and cuDNN use their fastest convolution kernels.
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+# Rank 0 may spend hours preparing data that the other processes then read (laying out, listing or
+# packing ImageNet) while they wait: their barrier is given a day, not the process group's default
+# timeout (10 minutes with NCCL), after which they would abort the run.
+PREPARATION_TIMEOUT = datetime.timedelta(hours=24)
+
+
+def first_on_rank_0(work: Callable[[], T], rank: int, world_size: int) -> T:
+    """work() on rank 0, then on the other processes (under torchrun), which wait for it in a gloo
+    barrier with PREPARATION_TIMEOUT (on the CPU: no GPU collective is held open meanwhile)."""
+    if world_size == 1:
+        return work()
+    group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)  # every process creates it, together
+    if rank != 0:
+        dist.barrier(group=group)
+    result = work()
+    if rank == 0:
+        dist.barrier(group=group)
+    return result
 
 
 def pick_precision(choice: str, device: torch.device) -> torch.dtype | None:

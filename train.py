@@ -60,10 +60,11 @@ from engine import (
     accuracy_counts,
     autocast,
     available_memory,
+    configure_device,
     evaluate,
+    first_on_rank_0,
     pick_device,
     pick_precision,
-    reuse_freed_memory,
     setup_distributed,
     train_step,
     training_memory,
@@ -113,7 +114,7 @@ RECIPES = {
     },
 }
 MODELS = {"default": {}, "paper": {"lrn": True, "groups": 2}, "torchvision": {"layout": "torchvision"}}
-# Settings that --resume takes from the checkpoint unless given again on the command line.
+# Settings --resume never takes from the checkpoint: this machine's and this command's choices.
 NOT_RESUMED = {
     "resume",
     "evaluate",
@@ -583,23 +584,6 @@ def make_setup(args: argparse.Namespace) -> Setup:
     return Setup(device, pick_precision(args.amp, device), memory_format, rank, world_size)
 
 
-def configure_device(device: torch.device, deterministic: bool) -> torch.memory_format:
-    """Backend settings for speed, or for repeatable results; the memory format models and batches use."""
-    if deterministic:
-        # The same result for the same input on the same machine: deterministic kernels only (cuDNN's
-        # and cuBLAS's included); the model pools with matrix products then (see speedups.py).
-        torch.use_deterministic_algorithms(True)
-    if device.type == "cuda":
-        # Fixed input size: let cuDNN time its kernels and keep the fastest (which may differ run to run).
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for whatever stays in fp32
-        torch.backends.cudnn.allow_tf32 = True
-    if device.type == "cpu":
-        reuse_freed_memory()  # the batches and activations of every step, without page faults
-    # channels_last lets oneDNN (CPU) and cuDNN use their fastest convolution kernels.
-    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -705,15 +689,11 @@ def load_data_or_exit(args: argparse.Namespace, setup: Setup, config: DataConfig
     else:
         log(f"Training on {config.data or f'{config.source} from {config.data_root}/'} at {config.image_size}px")
     start = time.perf_counter()
-    if world_size > 1 and rank != 0:
-        dist.barrier()  # rank 0 decodes and caches image folders first; the others then read the cache
     with data_errors(args):
-        try:
-            data = load_data(config, device, rank, world_size)
+        try:  # rank 0 decodes, caches or packs image folders first; the others then read what it wrote
+            data = first_on_rank_0(lambda: load_data(config, device, rank, world_size), rank, world_size)
         except KeyboardInterrupt:  # Ctrl-C while decoding or packing: what was packed stays for the next run
             raise SystemExit(130) from None
-    if world_size > 1 and rank == 0:
-        dist.barrier()
     precision = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "") + " autocast"
     log(
         f"{len(data.train)} training and {len(data.val)} validation images, {len(data.classes)} classes, "
