@@ -28,6 +28,7 @@ them, ExportError says what to install.
 import json
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -187,11 +188,18 @@ def dynamic_batch() -> tuple[dict, ...]:
     return ({0: torch.export.Dim("batch", min=1)},)
 
 
+# Warnings the exporters print about their own code (regular expressions of their start): torch 2.11's
+# torch.export, on its own pytree classes.
+LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
 def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path, path: Path) -> None:
     """Export `network` to `tmp` in `path`'s format; every failure one ExportError naming `path`."""
     suffix = path.suffix.lower()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            for message in LIBRARY_WARNINGS:  # not ours, nothing a user can act on: kept off their terminal
+                warnings.filterwarnings("ignore", message=message)
             (write_onnx if suffix == ".onnx" else write_pt2)(network, example, metadata, tmp)
     except OSError as error:
         raise ExportError(f"{path}: cannot write the file ({error.strerror or error})") from None

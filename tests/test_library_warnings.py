@@ -1,0 +1,46 @@
+"""Warnings that the libraries we call print about their own code never reach a user's terminal, and
+never fail a command or a test; any other warning still does."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET
+
+import export
+from alexnet import AlexNet
+from errors import ExportError
+
+# What torch 2.11's torch.export printed on every export (seen on the GPU machine's stack).
+TORCH_2_11 = (
+    "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()`"
+)
+
+
+def exporting_with_a_warning(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    real = export.write_pt2
+
+    def write_pt2(*args) -> None:
+        warnings.warn(message, FutureWarning, stacklevel=1)
+        real(*args)
+
+    monkeypatch.setattr(export, "write_pt2", write_pt2)
+
+
+def test_the_exporters_own_warning_is_kept_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exporting_with_a_warning(monkeypatch, TORCH_2_11)
+    meta = {"classes": CHECKPOINT_CLASSES, "preprocess": CHECKPOINT_PRESET}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as a test run with -W error would, or a user who turned warnings on
+        report = export.export_model(AlexNet(len(CHECKPOINT_CLASSES)).eval(), meta, tmp_path / "m.pt2")
+    assert report.path.is_file()
+
+
+def test_any_other_warning_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exporting_with_a_warning(monkeypatch, "something the user should see")
+    meta = {"classes": CHECKPOINT_CLASSES, "preprocess": CHECKPOINT_PRESET}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ExportError, match="something the user should see"):
+            export.export_model(AlexNet(len(CHECKPOINT_CLASSES)).eval(), meta, tmp_path / "m.pt2")
+    assert not (tmp_path / "m.pt2").exists()
