@@ -1,22 +1,31 @@
 """The GPU acceptance check: everything CUDA-only in this repository, run and timed in one command.
 
-    python acceptance.py                 # on a GPU machine: a few minutes, no network; one JSON summary
-    python acceptance.py --skip-tests    # the runs and benchmarks only
+    python acceptance.py                     # on a GPU machine: within 9 minutes, no network, no ../shared
+    python acceptance.py --quick             # a first look in about 3 minutes
+    python acceptance.py --summary out.json  # where the JSON summary goes (default: acceptance.json)
 
-On a CUDA machine it runs, in a temporary folder:
-1. the tests marked `gpu` (`pytest -m gpu tests`: every device-dependent test, on CUDA);
-2. the default run (`python train.py`) on CUDA;
-3. bench.py at 224 px, batch 256: on CIFAR-10 when ../shared/data/cifar10 is there, and on a folder
-   of ImageNet-sized JPEGs (about 500x375) that it writes itself, streamed as ImageNet would be;
-4. on that folder, bench.py --loader-only (the conventional, streamed and packed loaders without a
-   model, 20,000 images each; the packs' size and packing time) and our training throughput from
-   the raw pack against the same images in memory;
-then prints one JSON object with every figure, and exits 1 if a step failed. Without CUDA it says so
-in one line and runs what it can on the CPU, scaled down (the figures then mean nothing); exit 0
-if all of that worked.
+It runs stages one after the other, each in its own process with a time budget (seconds, CUDA,
+full / --quick; the whole stays under the 10 minutes one command may take on a lent GPU machine):
+
+| stage                      | what                                                                | budget   |
+|----------------------------|---------------------------------------------------------------------|----------|
+| tests                      | `pytest -m gpu tests`: every device-dependent test, on CUDA         | 150 / 60 |
+| default_run                | `python train.py` on CUDA (--quick: 1 epoch)                        | 60 / 30  |
+| throughput_224             | bench.py, ours, 224 px, batch 256, shapes in memory: 3 x 100 steps  | 50 / 30  |
+| throughput_227_paper       | the same with the paper's network (LRN, two towers) at 227 px       | 50 / -   |
+| bench_jpegs                | bench.py, ours and the conventional pipeline, ImageNet-sized JPEGs  | 60 / -   |
+| loaders_jpegs              | bench.py --loader-only --cold: 10 batches per worker per loader     | 90 / 40  |
+| training_packed_vs_memory  | our training from the raw pack against the same images in memory   | 60 / -   |
+
+Each stage's result is printed as one JSON line as soon as it ends, and the summary (all stages so
+far) is rewritten to --summary after every stage, so that a stage that times out, or a command that
+is cut short, still leaves what was measured. A stage that needs a package this Python lacks is
+skipped, saying which. Without CUDA it says so in one line and runs the stages scaled down on the
+CPU (the figures then mean nothing): exit 0 if every stage worked, else 1.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,14 +39,28 @@ import numpy as np
 import torch
 from PIL import Image
 
+from atomic_files import write_atomically
+
 ROOT = Path(__file__).resolve().parent
-CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
+# (full, --quick) seconds on CUDA; None: not run. Summed, the full budgets leave a minute of the 10.
+BUDGETS = {
+    "tests": (150, 60),
+    "default_run": (60, 30),
+    "throughput_224": (50, 30),
+    "throughput_227_paper": (50, None),
+    "bench_jpegs": (60, None),
+    "loaders_jpegs": (90, 40),
+    "training_packed_vs_memory": (60, None),
+}
+CPU_BUDGET = 240  # seconds per stage on the CPU, where everything is scaled down but slow
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a first look: fewer stages, shorter ones (~3 min)")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the test suite's gpu tests")
     parser.add_argument("--jpegs", type=int, default=None, help="generated JPEGs (default: 4000 on CUDA, 64 on CPU)")
+    parser.add_argument("--summary", default="acceptance.json", help="the JSON summary, rewritten after each stage")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
     return parser.parse_args(argv)
 
@@ -49,51 +72,112 @@ def main(argv: list[str] | None = None) -> None:
         print("acceptance: no CUDA device here; running what runs on the CPU, scaled down", flush=True)
     start = time.perf_counter()
     summary = {"cuda": cuda, "device_name": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
+    summary["budgets"] = {name: budget(name, cuda, args.quick) for name in BUDGETS}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.keep or scratch)
         work.mkdir(parents=True, exist_ok=True)
-        if not args.skip_tests:
-            summary["tests"] = run_tests(cuda)
-        summary["default_run"] = default_run(work, cuda)
-        size, batch = (224, 256) if cuda else (67, 16)
-        if CIFAR10.is_dir() and cuda:
-            summary["bench_cifar10"] = bench(work, ["--data", str(CIFAR10)], size, batch, cuda)
-        folder = write_jpegs(work / "jpegs", args.jpegs or (4000 if cuda else 64))
-        summary["bench_jpegs"] = bench(work, ["--data", str(folder), "--loader", "stream"], size, batch, cuda)
-        summary["loaders_jpegs"] = loaders(work, folder, size, batch, cuda)
-        summary["training_packed_vs_memory"] = packed_vs_memory(work, folder, size, batch, cuda)
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    summary["ok"] = all(part.get("ok", True) for part in summary.values() if isinstance(part, dict))
+        folder = None
+        for name, stage in stages(args, cuda):
+            if summary["budgets"][name] is None or (name == "tests" and args.skip_tests):
+                continue
+            if name in ("bench_jpegs", "loaders_jpegs", "training_packed_vs_memory") and folder is None:
+                folder = write_jpegs(work / "jpegs", args.jpegs or (4000 if cuda else 64))
+            result = stage(work, folder, cuda, summary["budgets"][name])
+            summary[name] = result
+            print(json.dumps({"stage": name, **result}), flush=True)
+            write_summary(Path(args.summary), summary, start)
+    write_summary(Path(args.summary), summary, start)
     print(json.dumps(summary))
     sys.exit(0 if summary["ok"] else 1)
 
 
-def run_tests(cuda: bool) -> dict:
-    """pytest on the device tests: `-m gpu` on CUDA; on the CPU, the fast device tests."""
-    selection = ["-m", "gpu", "tests"] if cuda else ["-m", "not slow", "tests/test_devices.py"]
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def budget(name: str, cuda: bool, quick: bool) -> float | None:
+    full, short = BUDGETS[name]
+    chosen = short if quick else full
+    return None if chosen is None else (chosen if cuda else CPU_BUDGET)
+
+
+def write_summary(path: Path, summary: dict, start: float) -> None:
+    summary.pop("seconds", None), summary.pop("ok", None)  # kept last in the file
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary["ok"] = all(part.get("ok", True) for part in summary.values() if isinstance(part, dict))
+    write_atomically(path, lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode()))
+
+
+def stages(args: argparse.Namespace, cuda: bool) -> list:
+    """(name, function(work, folder, cuda, budget) -> result dict) in the order they run."""
+    size, batch = (224, 256) if cuda else (67, 16)
+    steps = ["--steps", "100", "--warmup", "20", "--repeats", "3"] if cuda else ["--steps", "2", "--warmup", "1"]
+    if args.quick and cuda:
+        steps = ["--steps", "30", "--warmup", "10"]
+    shapes = ["--dataset", "shapes", "--train-size", "4096" if cuda else "64", "--only", "ours", *steps]
+    return [
+        ("tests", lambda work, folder, cuda, seconds: run_tests(cuda, args.quick, seconds)),
+        ("default_run", lambda work, folder, cuda, seconds: default_run(work, cuda, args.quick, seconds)),
+        ("throughput_224", lambda work, folder, cuda, seconds: throughput(work, shapes, size, batch, seconds)),
+        (
+            "throughput_227_paper",
+            lambda work, folder, cuda, seconds: throughput(
+                work, [*shapes, "--model", "paper"], size + 3, batch, seconds
+            ),
+        ),  # fmt: skip
+        ("bench_jpegs", lambda work, folder, cuda, seconds: bench(work, folder, steps, size, batch, seconds)),
+        ("loaders_jpegs", lambda work, folder, cuda, seconds: loaders(work, folder, size, batch, seconds)),
+        (
+            "training_packed_vs_memory",
+            lambda work, folder, cuda, seconds: packed_vs_memory(work, folder, steps, size, batch, seconds),
+        ),  # fmt: skip
+    ]
+
+
+def run(command: list[str], cwd: Path, seconds: float) -> tuple[subprocess.CompletedProcess | None, float]:
+    """(the finished process, or None if it ran past `seconds`, and the seconds it took)."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None, time.perf_counter() - start
+    return result, time.perf_counter() - start
+
+
+def failed(result: subprocess.CompletedProcess | None, budget: float) -> dict | None:
+    """The stage's result when its process ran past its budget or failed; None when it worked."""
+    if result is None:
+        return {"ok": False, "error": f"ran past its budget of {budget:.0f} s"}
+    if result.returncode != 0:
+        return {"ok": False, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
+    return None
+
+
+def run_tests(cuda: bool, quick: bool, seconds: float) -> dict:
+    """pytest on the device tests: `-m gpu` on CUDA (--quick: the fast ones); on the CPU, the fast device tests."""
+    if importlib.util.find_spec("pytest") is None:
+        return {"ok": True, "skipped": "pytest is not installed in this Python"}
+    marks = ("gpu and not slow" if quick else "gpu") if cuda else "not slow"
+    selection = ["-m", marks, "tests" if cuda else "tests/test_devices.py"]
+    result, took = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], ROOT, seconds)
+    if result is None:
+        return failed(result, seconds)
+    last = (result.stdout.strip().splitlines() or [""])[-1]  # "3 passed, 1 skipped in 9.1s"
     counts = {word: 0 for word in ("passed", "failed", "skipped", "error")}
-    for part in (result.stdout.strip().splitlines() or [""])[-1].split(","):  # "3 passed, 1 skipped in 9.1s"
+    for part in last.split(","):
         number, _, word = part.strip().partition(" ")
         word = word.split(" ")[0].rstrip("s") if word.startswith("error") else word.split(" ")[0]
         if number.isdigit() and word in counts:
             counts[word] = int(number)
-    return {**counts, "ok": result.returncode == 0, "last_line": (result.stdout.strip().splitlines() or [""])[-1]}
+    return {**counts, "ok": result.returncode == 0, "seconds": round(took, 1), "last_line": last}
 
 
-def default_run(work: Path, cuda: bool) -> dict:
-    """`python train.py` on the device (on the CPU: one epoch of 5 steps on fewer images)."""
+def default_run(work: Path, cuda: bool, quick: bool, seconds: float) -> dict:
+    """`python train.py` on the device (--quick: one epoch; on the CPU: one epoch of 5 steps on fewer images)."""
     scaled_down = ["--epochs", "1", "--max-steps", "5", "--train-size", "640", "--val-size", "128"]
-    extra = ["--device", "cuda"] if cuda else ["--device", "cpu", *scaled_down]
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *extra, "--name", "default", "--out-dir",
-                             str(work / "runs")], cwd=work, capture_output=True, text=True, timeout=300)  # fmt: skip
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        return {"ok": False, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
+    extra = (["--device", "cuda"] + (["--epochs", "1"] if quick else [])) if cuda else ["--device", "cpu", *scaled_down]
+    command = [sys.executable, str(ROOT / "train.py"), *extra, "--name", "default", "--out-dir", str(work / "runs")]
+    result, took = run(command, work, seconds)
+    if failed(result, seconds):
+        return failed(result, seconds)
     rows = [json.loads(line) for line in (work / "runs" / "default" / "metrics.jsonl").read_text().splitlines()]
-    return {"ok": True, "seconds": round(seconds, 1), "epochs": len(rows), "val_top1": max(r["val_top1"] for r in rows),
+    return {"ok": True, "seconds": round(took, 1), "epochs": len(rows), "val_top1": max(r["val_top1"] for r in rows),
             "images_per_second": rows[-1]["images_per_second"], "data_share": data_share(rows)}  # fmt: skip
 
 
@@ -103,47 +187,62 @@ def data_share(rows: list[dict]) -> float:
     return round(data / max(data + sum(row["compute_seconds"] for row in rows), 1e-9), 3)
 
 
-def bench(work: Path, data: list[str], size: int, batch: int, cuda: bool) -> dict:
-    """bench.py --json: our pipeline and the conventional one on the same data, model, batch and device."""
-    steps = ["--steps", "30", "--warmup", "10"] if cuda else ["--steps", "3", "--warmup", "1"]
-    figures = run_bench(work, [*data, *steps], size, batch)
-    if not figures["ok"]:
-        return figures
-    keep = ("ours_images_per_second", "baseline_images_per_second", "ratio", "ours_tflops", "ours_peak_memory_mb",
-            "train_images", "ours_settings")  # fmt: skip
-    return {"ok": True, **{key: figures[key] for key in keep}}
-
-
-def run_bench(work: Path, arguments: list[str], size: int, batch: int) -> dict:
+def run_bench(work: Path, arguments: list[str], size: int, batch: int, seconds: float) -> dict:
     """bench.py --json with these arguments, size, batch and --workers (up to 16) -> its figures, or the error."""
     workers = str(min(16, os.cpu_count() or 1))
     shape = ["--image-size", str(size), "--batch-size", str(batch), "--workers", workers]
     command = [sys.executable, str(ROOT / "bench.py"), *arguments, *shape, "--data-root", str(work / "data"), "--json"]
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        return {"ok": False, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
-    return {"ok": True, **json.loads(result.stdout.strip().splitlines()[-1])}
+    result, took = run(command, work, seconds)
+    if failed(result, seconds):
+        return failed(result, seconds)
+    return {"ok": True, "seconds": round(took, 1), **json.loads(result.stdout.strip().splitlines()[-1])}
 
 
-def loaders(work: Path, folder: Path, size: int, batch: int, cuda: bool) -> dict:
-    """bench.py --loader-only: images per second each loader delivers to the device, without a model."""
-    count = "20000" if cuda else "64"
-    arguments = ["--data", str(folder), "--loader-only", "--loader-images", count, "--pack-dir", str(work / "packs")]
-    figures = run_bench(work, arguments, size, batch)
+def throughput(work: Path, arguments: list[str], size: int, batch: int, seconds: float) -> dict:
+    """Our training step alone (data in memory on the device), timed over synchronised steps several times,
+    with its precision and its TFLOP/s against a matrix product measured in the same process."""
+    figures = run_bench(work, arguments, size, batch, seconds)
+    if not figures["ok"]:
+        return figures
+    tflops = figures["images_per_second"] * figures["flops_per_image"] / 1e12
+    keep = ("images_per_second", "images_per_second_runs", "precision", "cudnn_benchmark", "matmul_tflops",
+            "flops_per_image", "peak_memory_mb", "settings", "seconds")  # fmt: skip
+    result = {"ok": True, "image_size": size, "batch_size": batch, **{key: figures[key] for key in keep}}
+    return {**result, "tflops": tflops, "fraction_of_matmul": tflops / figures["matmul_tflops"]}
+
+
+def bench(work: Path, folder: Path, steps: list[str], size: int, batch: int, seconds: float) -> dict:
+    """bench.py: our pipeline and the conventional one on the same JPEGs (streamed), model, batch and device."""
+    arguments = ["--data", str(folder), "--loader", "stream", *steps, "--timeout", str(seconds / 2)]
+    figures = run_bench(work, arguments, size, batch, seconds)
+    if not figures["ok"]:
+        return figures
+    keep = ("ours_images_per_second", "baseline_images_per_second", "ratio", "ours_tflops", "ours_peak_memory_mb",
+            "train_images", "ours_settings", "seconds")  # fmt: skip
+    return {"ok": True, **{key: figures[key] for key in keep}}
+
+
+def loaders(work: Path, folder: Path, size: int, batch: int, seconds: float) -> dict:
+    """bench.py --loader-only --cold: images per second each loader delivers to the device, without a model,
+    the packs read from the disk rather than the page cache."""
+    workers = min(16, os.cpu_count() or 1)
+    count = str(10 * workers * batch)  # ten batches per worker: every worker busy well past its start
+    arguments = ["--data", str(folder), "--loader-only", "--cold", "--loader-images", count, "--pack-dir",
+                 str(work / "packs"), "--timeout", str(seconds / 3)]  # fmt: skip
+    figures = run_bench(work, arguments, size, batch, seconds)
     keep = ("ok", "error", "conventional_images_per_second", "stream_images_per_second", "packed_images_per_second",
-            "packed_jpeg_images_per_second", "workers", "image_size", "device", "pack_bytes", "pack_seconds",
-            "pack_jpeg_bytes", "pack_jpeg_seconds")  # fmt: skip
+            "packed_jpeg_images_per_second", "workers", "image_size", "images", "device", "pack_bytes", "pack_seconds",
+            "pack_jpeg_bytes", "pack_jpeg_seconds", "page_cache", "seconds")  # fmt: skip
     return {key: figures[key] for key in keep if key in figures}
 
 
-def packed_vs_memory(work: Path, folder: Path, size: int, batch: int, cuda: bool) -> dict:
-    """Our training throughput (bench.py --only ours) reading the raw pack (packed by `loaders`), and with the
-    images in memory."""
-    steps = ["--steps", "30", "--warmup", "10"] if cuda else ["--steps", "2", "--warmup", "1"]
+def packed_vs_memory(work: Path, folder: Path, steps: list[str], size: int, batch: int, seconds: float) -> dict:
+    """Our training throughput (bench.py --only ours) reading the raw pack (packed by `loaders`, or now), and
+    with the images in memory."""
     rates = {}
     for loader in ("packed", "memory"):
         arguments = ["--data", str(folder), "--loader", loader, "--pack-dir", str(work / "packs"), "--only", "ours"]
-        figures = run_bench(work, [*arguments, *steps], size, batch)
+        figures = run_bench(work, [*arguments, *steps], size, batch, seconds / 2)
         if not figures["ok"]:
             return {"ok": False, "error": f"--loader {loader}: {figures['error']}"}
         rates[loader] = figures["images_per_second"]

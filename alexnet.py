@@ -57,6 +57,8 @@ TORCHVISION_MIN_INPUT_SIZE = 63  # the same for the torchvision layout, whose co
 
 LAYOUTS = ("paper", "torchvision")
 INITS = ("he", "paper", "caffe")
+# The architectures the scripts' --model names, as constructor arguments (the weights' init is separate: --init).
+MODELS = {"default": {}, "paper": {"lrn": True, "groups": 2}, "torchvision": {"layout": "torchvision"}}
 
 
 def feature_map_size(image_size: int, layout: str = "paper") -> int:

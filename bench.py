@@ -20,13 +20,16 @@ decoding and augmentation included, for three loaders with the same --workers, e
 process: the conventional one (ImageFolder + the PIL transforms above + DataLoader), ours
 streaming the folder, and ours reading its packed copies, raw and JPEG (packs.py; packed first if
 needed, with the packing time and the size on disk reported). Each delivers --loader-images images (cycling a
-small folder) after two untimed batches.
+small folder) after one untimed batch per worker (at least two); --cold evicts the packs from the
+page cache first, as an epoch over a split larger than memory reads them from the disk.
 
 Both train the same AlexNet (default layout) at the same image size and batch size on the same
 images and device, each in its own process (so that peak memory is its own): --warmup steps
 first (worker start-up, cuDNN autotuning, compilation), then --steps timed steps between two
-device syncs. Throughput = images / seconds of the timed steps. Peak memory is the GPU's peak
-allocation on CUDA and the process's peak resident memory (without DataLoader workers) on CPU.
+device syncs, --repeats times (the median counts). Throughput = images / seconds of the timed steps;
+TFLOP/s are read against a large matrix product in the same precision, timed in the same process.
+Peak memory is the GPU's peak allocation on CUDA and the process's peak resident memory (without
+DataLoader workers) on CPU.
 """
 
 import argparse
@@ -34,6 +37,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from alexnet import MIN_INPUT_SIZE, AlexNet
+from alexnet import MIN_INPUT_SIZE, MODELS, AlexNet
 from data_pipeline import DATASETS, LOADERS, Data, DataConfig, load_data, packs_dir
 from engine import configure_device, pick_device, pick_precision, sync, train_step
 from errors import DataError
@@ -96,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ours: channels_last layout (default: on)",
     )
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the model")
+    parser.add_argument(
+        "--model",
+        default="default",
+        choices=list(MODELS),
+        help="both: the network (paper: LRN and two towers, at --image-size 227 as the paper's arithmetic wants)",
+    )
     # measurement
     parser.add_argument(
         "--loader-only", action="store_true", help="the data loaders alone, without the model (needs --data)"
@@ -105,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="time the --steps this many times; the median counts (default: 1)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds each pipeline's process may take (default: no limit)"
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="--loader-only: evict the packs from the page cache before timing them (as an epoch of a dataset "
+        "larger than memory reads them)",
+    )
     parser.add_argument(
         "--only",
         default=None,
@@ -125,7 +147,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked: a bad value is one argparse error naming the flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "steps", "train_size", "loader_images"):
+    for flag in ("batch_size", "steps", "train_size", "loader_images", "repeats"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.warmup < 0 or args.workers < 0:
@@ -175,6 +197,30 @@ def time_steps(step, batches, warmup: int, steps: int, device: torch.device) -> 
     return time.perf_counter() - start
 
 
+def repeated_rates(step, batches, args: argparse.Namespace, device: torch.device) -> list[float]:
+    """Images per second of --steps timed steps, --repeats times (the first after --warmup untimed steps)."""
+    rates = []
+    for repeat in range(args.repeats):
+        seconds = time_steps(step, batches, args.warmup if repeat == 0 else 0, args.steps, device)
+        rates.append(args.steps * args.batch_size / seconds)
+    return rates
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """What this device does on a large matrix product in `dtype` (TFLOP/s), measured now: the ceiling that
+    training's TFLOP/s are read against (a GPU's datasheet peak is rarely reached)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    repeats = 20 if device.type == "cuda" else 3
+    a @ b  # warm-up: kernel selection
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
 def forever(make_batches):
     """Batches without end: a new epoch (new shuffle) whenever one runs out."""
     epoch = 0
@@ -205,9 +251,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     amp_dtype = pick_precision(args.amp, device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = AlexNet(num_classes=len(classes), in_channels=preprocess.in_channels).to(
-        device, memory_format=memory_format
-    )
+    model = AlexNet(num_classes=len(classes), in_channels=preprocess.in_channels, **MODELS[args.model])
+    model = model.to(device, memory_format=memory_format)
     forward = fast_forward(model)  # as train.py trains (speedups.py)
     forward = torch.compile(forward) if args.compile else forward
     fused = device.type in ("cpu", "cuda")
@@ -221,10 +266,14 @@ def run_ours(args: argparse.Namespace) -> dict:
         train_step(forward, F.cross_entropy, optimizer, scaler, x, labels, amp_dtype)  # train.py's step
 
     batches = forever(lambda epoch: train.batches(seed=epoch))
-    seconds = time_steps(step, batches, args.warmup, args.steps, device)
+    rates = repeated_rates(step, batches, args, device)
     precision = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "") + " autocast"
     return {
-        "images_per_second": args.steps * args.batch_size / seconds,
+        "images_per_second": statistics.median(rates),
+        "images_per_second_runs": rates,
+        "precision": precision,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+        "matmul_tflops": matmul_tflops(device, amp_dtype or torch.float32),
         "peak_memory_mb": peak_memory_mb(device),
         "setup_seconds": setup_seconds,
         "train_images": len(train),
@@ -295,7 +344,7 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
     torch.manual_seed(0)
     channels = len(mean)
     num_classes = len(dataset.classes) if hasattr(dataset, "classes") else 10
-    model = AlexNet(num_classes=num_classes, in_channels=channels).to(device)
+    model = AlexNet(num_classes=num_classes, in_channels=channels, **MODELS[args.model]).to(device)
     forward = fast_forward(model)  # the same network computed the same way as ours: only the pipeline differs
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
 
@@ -309,9 +358,10 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
         loss.item()  # the running-average meter of pytorch/examples: one host sync per step
 
     batches = forever(lambda epoch: loader)
-    seconds = time_steps(step, batches, args.warmup, args.steps, device)
+    rates = repeated_rates(step, batches, args, device)
     return {
-        "images_per_second": args.steps * args.batch_size / seconds,
+        "images_per_second": statistics.median(rates),
+        "images_per_second_runs": rates,
         "peak_memory_mb": peak_memory_mb(device),
         "setup_seconds": setup_seconds,
         "settings": f"{type(dataset).__name__} + PIL transforms, DataLoader({args.workers} workers), fp32, NCHW, SGD",
@@ -322,9 +372,9 @@ def run_baseline(args: argparse.Namespace, mean: list[float], std: list[float]) 
 # --loader-only: the data alone.
 
 
-def delivery_rate(next_batch, images: int, device: torch.device) -> float:
-    """Images per second that next_batch() puts on the device, after two untimed batches (worker start-up)."""
-    for _ in range(2):
+def delivery_rate(next_batch, images: int, device: torch.device, untimed: int) -> float:
+    """Images per second that next_batch() puts on the device, after `untimed` batches (every worker started)."""
+    for _ in range(untimed):
         next_batch()
     sync(device)
     start, delivered = time.perf_counter(), 0
@@ -338,7 +388,8 @@ def run_conventional_loader(args: argparse.Namespace) -> dict:
     """ImageFolder + PIL transforms + DataLoader, each batch copied to the device."""
     _, loader = baseline_loader(args, IMAGENET_MEAN, IMAGENET_STD)
     batches = forever(lambda epoch: loader)
-    rate = delivery_rate(lambda: next(batches)[0].to(args.device, non_blocking=True), args.loader_images, args.device)
+    copy = lambda: next(batches)[0].to(args.device, non_blocking=True)
+    rate = delivery_rate(copy, args.loader_images, args.device, untimed=max(2, args.workers))
     return {"images_per_second": rate}
 
 
@@ -353,13 +404,22 @@ def run_our_loader(args: argparse.Namespace) -> dict:
         folders = [data.train.files.path, data.val.files.path]
         result["pack_bytes"] = sum(f.stat().st_blocks * 512 for folder in folders for f in folder.iterdir())
         result["packed_now"] = any(folder / "pack.json" not in packed_before for folder in folders)
+        if args.cold:  # what an epoch of a split larger than the page cache reads: the disk
+            result["evicted_bytes"] = sum(evict_from_page_cache(path) for path in data.train.files.path.iterdir())
     rng, batches = torch.Generator().manual_seed(0), forever(lambda epoch: data.train.batches(seed=epoch))
 
     def next_batch() -> torch.Tensor:
         return train_transform(next(batches)[0], data.augment, rng, torch.channels_last)
 
-    result["images_per_second"] = delivery_rate(next_batch, args.loader_images, args.device)
+    result["images_per_second"] = delivery_rate(next_batch, args.loader_images, args.device, max(2, args.workers))
     return result
+
+
+def evict_from_page_cache(path: Path) -> int:
+    """Ask the kernel to drop a file's cached pages (clean ones go; no root needed) -> the file's size."""
+    with open(path, "rb") as file:
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return path.stat().st_size
 
 
 def device_name(device: torch.device) -> str:
@@ -392,8 +452,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def child(*extra: str) -> dict:
         """One pipeline in a fresh process: its own memory, no state shared with the other."""
-        result = subprocess.run([sys.executable, __file__, *argv, *extra], capture_output=True, text=True)
         which = {"baseline": "conventional"}.get(extra[1], extra[1])
+        try:
+            command = [sys.executable, __file__, *argv, *extra]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"error: the {which} run did not finish within --timeout {args.timeout:g} s") from None
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
             raise SystemExit(f"error: the {which} run failed: {last}")  # its last line: the error itself
@@ -477,6 +541,8 @@ def report_loaders(args: argparse.Namespace, child) -> None:
         "pack_seconds": packed["setup_seconds"] if packed["packed_now"] else None,  # None: packed by an earlier run
         "pack_jpeg_bytes": jpeg["pack_bytes"],
         "pack_jpeg_seconds": jpeg["setup_seconds"] if jpeg["packed_now"] else None,
+        # The packs were just read or written, so they sit in the page cache unless --cold evicted them.
+        "page_cache": "evicted before timing" if args.cold else "as left by packing or an earlier read (warm)",
     }
     if args.json:
         print(json.dumps(result))

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from alexnet import INITS, MIN_INPUT_SIZE, TORCHVISION_MIN_INPUT_SIZE, AlexNet
+from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE, AlexNet
 from atomic_files import save_atomically
 from checkpoints import (
     INFERENCE_KEYS,
@@ -113,7 +113,6 @@ RECIPES = {
         "dropout": 0.5,
     },
 }
-MODELS = {"default": {}, "paper": {"lrn": True, "groups": 2}, "torchvision": {"layout": "torchvision"}}
 # Settings --resume never takes from the checkpoint: this machine's and this command's choices.
 NOT_RESUMED = {
     "resume",
