@@ -232,7 +232,7 @@ def loaders(work: Path, folder: Path, size: int, batch: int, seconds: float) -> 
     figures = run_bench(work, arguments, size, batch, seconds)
     keep = ("ok", "error", "conventional_images_per_second", "stream_images_per_second", "packed_images_per_second",
             "packed_jpeg_images_per_second", "workers", "image_size", "images", "device", "pack_bytes", "pack_seconds",
-            "pack_jpeg_bytes", "pack_jpeg_seconds", "page_cache", "seconds")  # fmt: skip
+            "pack_jpeg_bytes", "pack_jpeg_seconds", "packed_jpeg_decoder", "page_cache", "seconds")  # fmt: skip
     return {key: figures[key] for key in keep if key in figures}
 
 

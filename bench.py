@@ -404,6 +404,7 @@ def run_our_loader(args: argparse.Namespace) -> dict:
         folders = [data.train.files.path, data.val.files.path]
         result["pack_bytes"] = sum(f.stat().st_blocks * 512 for folder in folders for f in folder.iterdir())
         result["packed_now"] = any(folder / "pack.json" not in packed_before for folder in folders)
+        result["decoder"] = data.train.decoder if args.pack_format == "jpeg" else None
         if args.cold:  # what an epoch of a split larger than the page cache reads: the disk
             result["evicted_bytes"] = sum(evict_from_page_cache(path) for path in data.train.files.path.iterdir())
     rng, batches = torch.Generator().manual_seed(0), forever(lambda epoch: data.train.batches(seed=epoch))
@@ -541,6 +542,7 @@ def report_loaders(args: argparse.Namespace, child) -> None:
         "pack_seconds": packed["setup_seconds"] if packed["packed_now"] else None,  # None: packed by an earlier run
         "pack_jpeg_bytes": jpeg["pack_bytes"],
         "pack_jpeg_seconds": jpeg["setup_seconds"] if jpeg["packed_now"] else None,
+        "packed_jpeg_decoder": jpeg["decoder"],  # nvJPEG on the GPU on CUDA, else Pillow in the reading threads
         # The packs were just read or written, so they sit in the page cache unless --cold evicted them.
         "page_cache": "evicted before timing" if args.cold else "as left by packing or an earlier read (warm)",
     }
@@ -551,6 +553,7 @@ def report_loaders(args: argparse.Namespace, child) -> None:
           f"batch {args.batch_size}, {args.workers} workers, {args.loader_images} images each")  # fmt: skip
     print(f"conventional: {result['conventional_images_per_second']:8.0f} img/s")
     print(f"stream:       {result['stream_images_per_second']:8.0f} img/s")
+    print(f"(the JPEG pack decoded by {result['packed_jpeg_decoder']}; packs {result['page_cache']})")
     for name, key, pack in (("packed:", "packed", "pack"), ("packed JPEG:", "packed_jpeg", "pack_jpeg")):
         seconds = result[f"{pack}_seconds"]
         packing = f"packed in {seconds:.1f} s" if seconds is not None else "packed before"

@@ -49,7 +49,7 @@ from folders import (
     train_files_sample,
 )
 from imagenet import Listing, list_class_folders, list_imagenet
-from packs import PACK_FORMATS, PackedFiles, build_pack, pack_path
+from packs import PACK_FORMATS, PackedFiles, build_pack, decode_jpeg_batch, pack_path
 from presets import EvalPreset, TrainPreset, channel_stats, pca_lighting_stats, train_preset
 from shapes import CLASSES as SHAPE_CLASSES
 from shapes import make_shapes
@@ -287,9 +287,16 @@ class Packed(BatchSource):
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,
+        decode_on_device: bool | None = None,
     ) -> None:
         super().__init__(batch_size, train, device, rank, world_size)
         self.files, self.workers = files, workers
+        # A JPEG pack on CUDA: the threads only read the files' bytes, nvJPEG decodes each batch on the GPU.
+        on_gpu = device.type == "cuda" and files.format == "jpeg"
+        self.decode_on_device = on_gpu if decode_on_device is None else decode_on_device
+        self.decoder = "nvJPEG on the GPU" if self.decode_on_device and on_gpu else "Pillow in the reading threads"
+        if self.decode_on_device and device.type != "cuda":
+            self.decoder = "torchvision on the CPU"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -302,16 +309,19 @@ class Packed(BatchSource):
         it is asked for)."""
         pieces = iter(self.order(seed, start).split(self.batch_size))
         pin = self.device.type == "cuda"  # page-locked buffers: asynchronous host-to-GPU copies
+        gather = self.files.gather_encoded if self.decode_on_device else lambda piece: self.files.gather(piece, pin)
         with ThreadPoolExecutor(max(self.workers, 1)) as pool:
-            ahead = deque(pool.submit(self.files.gather, piece, pin) for piece in islice(pieces, 2 * self.workers))
+            ahead = deque(pool.submit(gather, piece) for piece in islice(pieces, 2 * self.workers))
             for piece in pieces:  # one batch in, one out
-                ahead.append(pool.submit(self.files.gather, piece, pin))
+                ahead.append(pool.submit(gather, piece))
                 yield self.on_device(ahead.popleft().result())
             while ahead:
                 yield self.on_device(ahead.popleft().result())
 
-    def on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def on_device(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
+        if self.decode_on_device:  # the JPEG files' bytes, decoded here as one batch
+            images = decode_jpeg_batch(images, self.files.shape[-1], self.device)
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
@@ -331,7 +341,7 @@ def load_data(config: DataConfig, device: torch.device, rank: int = 0, world_siz
         listing = list_dataset(config)
         channels = config.in_channels or 3
         store_size = store_size_for(listing.train, config.resize_size)
-        loader, pack_format = pick_loader(config, listing, channels, store_size)
+        loader, pack_format = pick_loader(config, listing, channels, store_size, device)
         if loader == "packed":
             return load_packed(config, listing, channels, store_size, device, shard, pack_format)
         if loader == "stream":
@@ -368,24 +378,42 @@ def list_dataset(config: DataConfig) -> Listing:
     return listing
 
 
-def pick_loader(config: DataConfig, listing: Listing, channels: int, store_size: int) -> tuple[str, str]:
+def pick_loader(
+    config: DataConfig, listing: Listing, channels: int, store_size: int, device: torch.device | None = None
+) -> tuple[str, str]:
     """(loader, pack format) for an image folder, "auto" made concrete: its pack where the folder has
     been packed (even partly, or from files changed since: it is then completed or packed again;
     config.pack_format first, else the other format), in memory where it fits in
-    MEMORY_LIMIT_BYTES, else streamed."""
+    MEMORY_LIMIT_BYTES; on CUDA, a JPEG pack decoded on the GPU where a raw pack would not fit in
+    this machine's memory (an epoch would read it from the disk); else streamed."""
     if config.loader != "auto":
         return config.loader, config.pack_format
     splits = ((listing.train_dir, listing.train), (listing.val_dir, listing.val))
     for fmt in sorted(PACK_FORMATS, key=lambda fmt: fmt != config.pack_format):
         if all(pack_path(packs_dir(config), folder, channels, store_size, fmt).is_dir() for folder, _ in splits):
             return "packed", fmt
-    stored = (len(listing.train) + len(listing.val)) * channels * store_size**2
+    images = len(listing.train) + len(listing.val)
+    stored = images * channels * store_size**2
     if stored <= MEMORY_LIMIT_BYTES:
         return "memory", config.pack_format
-    print(f"note: streaming {len(listing.train) + len(listing.val)} images, decoding each one every epoch; "
+    memory = host_memory_bytes()
+    if device is not None and device.type == "cuda" and memory is not None and stored > memory:
+        print(f"note: a raw pack of these {images} images would take {stored / 1e9:.0f} GB, more than this machine's "
+              f"{memory / 1e9:.0f} GB of memory: packing them as JPEG in {packs_dir(config)}/ (about a tenth of that), "
+              "decoded on the GPU (nvJPEG); --loader and --pack-format choose otherwise")  # fmt: skip
+        return "packed", "jpeg"
+    print(f"note: streaming {images} images, decoding each one every epoch; "
           f"--loader packed decodes them once into a packed copy ({stored / 1e9:.0f} GB in {packs_dir(config)}/, "
           "see --pack-dir and --pack-format) for faster epochs")  # fmt: skip
     return "stream", config.pack_format
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's memory (what the page cache can hold at most); None where unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def packs_dir(config: DataConfig) -> Path:

@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,22 @@ def encode_jpeg(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def decode_jpeg_batch(blobs: list[torch.Tensor], channels: int, device: torch.device) -> torch.Tensor:
+    """JPEG files' bytes (1-D uint8 CPU tensors of images of one size) -> uint8 (B, C, R, R) on `device`.
+
+    On CUDA, nvJPEG decodes the whole batch in one call (torchvision.io.decode_jpeg with a list), so the
+    CPU only reads bytes. torchvision 0.29 deprecates its image codecs in favour of torchcodec's; until
+    they are gone this is the one GPU JPEG decoder that every torchvision since 0.19 has.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    with warnings.catch_warnings():  # torchvision 0.29's deprecation notice: nothing a user can act on
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+        images = decode_jpeg(blobs, mode=mode, device=device)
+    return torch.stack(images)  # -> (B, C, R, R)
+
+
 def decode_jpeg(data: np.ndarray, out: np.ndarray) -> None:
     """The bytes of a JPEG file -> its pixels, written into `out` (R, R, C): Pillow decodes without the GIL."""
     with Image.open(io.BytesIO(data)) as image:
@@ -376,6 +393,16 @@ class PackedFiles:
                 self.read_into(data, start)
                 decode_jpeg(data, pixels[i])
         return batch.permute(0, 3, 1, 2), torch.from_numpy(self.labels[indices])  # -> (B, C, R, R), channels_last
+
+    def gather_encoded(self, indices: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A JPEG pack's files for `indices`, undecoded (1-D uint8 tensors), and their labels: for decode_jpeg_batch."""
+        indices = indices.numpy()
+        blobs = []
+        for start, length in zip(self.starts[indices].tolist(), self.lengths[indices].tolist()):
+            data = torch.empty(length, dtype=torch.uint8)
+            self.read_into(data.numpy(), start)
+            blobs.append(data)
+        return blobs, torch.from_numpy(self.labels[indices])
 
     def read_into(self, buffer: np.ndarray, offset: int) -> None:
         """Fill `buffer` with the pack's bytes from `offset` on."""

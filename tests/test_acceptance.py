@@ -36,6 +36,7 @@ def test_acceptance_command_runs_in_its_no_cuda_mode(tmp_path: Path) -> None:
         assert loaders[f"{key}_images_per_second"] > 0
     assert loaders["workers"] == min(16, os.cpu_count() or 1) and loaders["image_size"] == 67
     assert loaders["images"] == 10 * loaders["workers"] * 16 and loaders["page_cache"] == "evicted before timing"
+    assert loaders["packed_jpeg_decoder"] == "Pillow in the reading threads"  # nvJPEG on the GPU on CUDA
     assert loaders["device"] == "cpu" and loaders["pack_seconds"] > 0 and loaders["pack_jpeg_seconds"] > 0
     assert loaders["pack_bytes"] >= 40 * 3 * 77 * 77 > loaders["pack_jpeg_bytes"] > 0  # 67 px crops of 77 px images
     training = summary["training_packed_vs_memory"]

@@ -19,12 +19,15 @@ from PIL import Image
 
 from alexnet import AlexNet
 from checkpoints import load_checkpoint, rng_states, set_rng_states
-from data_pipeline import DataConfig, load_data
+from data_pipeline import DataConfig, Packed, load_data
 from engine import autocast, predict
 from packs import PACK_FORMATS
 from speedups import fast_forward
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# How far two JPEG decoders' pixels may differ (levels of 255): IDCT rounding on average; chroma upsampling at
+# sharp colour edges (these test images are noise) at most.
+JPEG_DECODERS_MEAN, JPEG_DECODERS_MAX = 2.0, 64
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--image-size", "67", "--log-interval", "1"]
 
 
@@ -123,7 +126,27 @@ def test_packed_batches_reach_the_device_unchanged(device: str, fmt: str, tmp_pa
         references = [list(getattr(data, split).batches(seed=1, start=1)) for data in (on_cpu, in_memory)]
         for reference in references[: 2 if fmt == "raw" else 1]:  # JPEG is lossy: only itself on the CPU
             for (images, labels), (expected_images, expected_labels) in zip(batches, reference, strict=True):
-                assert torch.equal(images.cpu(), expected_images) and torch.equal(labels.cpu(), expected_labels)
+                assert torch.equal(labels.cpu(), expected_labels)
+                if getattr(on_device, split).decode_on_device:  # nvJPEG against Pillow: two decoders' rounding
+                    difference = (images.cpu().float() - expected_images.float()).abs()
+                    assert difference.mean() < JPEG_DECODERS_MEAN and difference.max() <= JPEG_DECODERS_MAX
+                else:
+                    assert torch.equal(images.cpu(), expected_images)
+
+
+def test_a_jpeg_pack_decoded_a_batch_at_a_time_has_the_threads_pixels(tmp_path: Path) -> None:
+    """The batch decoder that nvJPEG runs on CUDA (torchvision.io.decode_jpeg with a list), here on the CPU,
+    against Pillow in the reading threads: two builds of libjpeg-turbo with the same settings, the same pixels."""
+    write_folder(tmp_path / "folder")
+    config = DataConfig(data=str(tmp_path / "folder"), data_root=str(tmp_path / "data"), loader="packed",
+                        pack_format="jpeg", image_size=67, batch_size=4, workers=2)  # fmt: skip
+    threads = load_data(config, torch.device("cpu")).train
+    batched = Packed(threads.files, 4, True, 2, torch.device("cpu"), decode_on_device=True)
+    assert not threads.decode_on_device and batched.decoder == "torchvision on the CPU"
+    pairs = list(zip(batched.batches(seed=1), threads.batches(seed=1), strict=True))
+    assert len(pairs) == threads.num_batches() > 1
+    for (images, labels), (expected_images, expected_labels) in pairs:
+        assert torch.equal(labels, expected_labels) and torch.equal(images, expected_images)
 
 
 @pytest.mark.slow
