@@ -10,16 +10,14 @@ import csv
 import io
 import json
 import re
-import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, run, run_cli
+from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, run, run_cli, shared_folder
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -52,18 +50,21 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(
     checkpoint_file: Path, image_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, tuple[Path, str]]]:
-    """{".onnx": (file, stdout), ".pt2": (...)}, each written by `inference.py --export` with an image for its check."""
-    folder = tmp_path_factory.mktemp("exported")
-    files = {}
-    for suffix in FORMATS:
-        path = folder / f"shapes{suffix}"
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            inference.main(["--export", str(path), "--checkpoint", str(checkpoint_file), str(image_folder / "0.png")])
-        files[suffix] = (path, out.getvalue())
-    yield files
-    shutil.rmtree(folder)
+) -> dict[str, tuple[Path, str]]:
+    """{".onnx": (file, stdout), ".pt2": (...)}, each written by `inference.py --export` with an image for its check,
+    once for the session (the checkpoint's weights are seeded: the same in every pytest-xdist worker). Read only."""
+
+    def export(folder: Path) -> None:
+        for suffix in FORMATS:
+            path = folder / f"shapes{suffix}"
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                image = str(image_folder / "0.png")
+                inference.main(["--export", str(path), "--checkpoint", str(checkpoint_file), image])
+            path.with_name(path.name + ".stdout").write_text(out.getvalue())
+
+    folder = shared_folder(tmp_path_factory, "exported", export)
+    return {suffix: (folder / f"shapes{suffix}", (folder / f"shapes{suffix}.stdout").read_text()) for suffix in FORMATS}
 
 
 def logits(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -255,7 +256,9 @@ def tiny_onnx_without_metadata(path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    onnx.save(helper.make_model(graph), str(path))
+    # An IR version and opset every supported ONNX Runtime reads (onnx's defaults may be newer than the runtime's).
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
 
 
 class Double(torch.nn.Module):
