@@ -1,15 +1,17 @@
-"""Shared test setup: the repository root on sys.path, small thread counts, deterministic seeds."""
+"""Shared test setup: the repository root on sys.path, small thread counts, deterministic seeds, the scripts'
+environment, runs trained once for the whole session, and the longest tests handed out first."""
 
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock  # a dependency of torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,10 @@ from presets import EvalPreset  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# The suite saves dozens of checkpoints and never cuts the power: no fsync after each file (atomic_files.py),
+# in this process and in the scripts it starts (they inherit it). ALEXNET_SKIP_FSYNC=0 pytest ... keeps it.
+os.environ.setdefault("ALEXNET_SKIP_FSYNC", "1")
+
 
 @pytest.fixture(autouse=True)
 def seeded() -> None:
@@ -31,16 +37,43 @@ def seeded() -> None:
 # the tests and for the scripts they start, since idle OpenMP threads waiting on a busy core stall.
 THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 torch.set_num_threads(int(THREADS))
-# The environment of the scripts under test: no inherited torchrun variables.
-SCRIPT_ENV = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": THREADS, "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
+
+# The scripts under test run in this process's environment (PATH, LD_LIBRARY_PATH, CUDA_VISIBLE_DEVICES, the
+# GPU driver's variables...) less what would change what they do or print: torchrun's variables (a suite
+# started inside a torchrun job must not make the scripts join it), pytest's, the terminal's and the locale
+# (they write to pipes, in the C locale), tqdm's defaults, and Python's switches that print more on stderr,
+# run code first, skip their asserts or take their own folder off sys.path.
+NOT_INHERITED = {
+    *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE"),
+    *("ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MKL_NUM_THREADS"),
+    *("TERM", "COLUMNS", "LINES", "LANG", "LANGUAGE"),
+    *("PYTHONWARNINGS", "PYTHONDEVMODE", "PYTHONVERBOSE", "PYTHONPROFILEIMPORTTIME", "PYTHONTRACEMALLOC"),
+    *("PYTHONMALLOC", "PYTHONINSPECT", "PYTHONSTARTUP", "PYTHONOPTIMIZE", "PYTHONSAFEPATH"),
+}
+NOT_INHERITED_PREFIXES = ("TORCHELASTIC_", "PYTEST_", "LC_", "TQDM_")
+SCRIPT_OVERRIDES = {"OMP_NUM_THREADS": THREADS, "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
+
+
+def script_env() -> dict[str, str]:
+    """The environment of the scripts under test: this process's, as it is now, with the changes above."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in NOT_INHERITED and not name.startswith(NOT_INHERITED_PREFIXES)
+    }
+    return {**inherited, **SCRIPT_OVERRIDES}
+
+
+SCRIPT_ENV = script_env()  # for the tests that start the scripts themselves (torchrun, Popen)
 
 
 def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the repository's scripts in a subprocess, as a user would."""
+    """Run one of the repository's scripts in a subprocess, as a user would (but with no terminal)."""
     result = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd,
-        env=SCRIPT_ENV,
+        env=script_env(),
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,6 +81,90 @@ def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 3
     if check:
         assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+# --- Made once for the whole session ---------------------------------------------------------------------
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """A folder that `make(folder)` fills once for the whole session, whichever pytest-xdist worker needs it
+    first (the other waits for it): to be read only. Copy what a test changes (copy_run)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, which holds each worker's; pytest removes it as it does theirs
+    folder = root / "shared" / name
+    folder.parent.mkdir(exist_ok=True)
+    done = folder.parent / f"{name}.done"
+    with FileLock(folder.parent / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
+    """`python train.py *args --name NAME`, run once for the session in a folder of its own: its run
+    directory, FOLDER/runs/NAME (the only run there), to be read only (copy_run it to resume it)."""
+    work = shared_folder(tmp_path_factory, name, lambda folder: run("train.py", *args, "--name", name, cwd=folder))
+    return work / "runs" / name
+
+
+def copy_run(run_dir: Path, work: Path, name: str | None = None) -> Path:
+    """A copy of the run directory `run_dir` at work/runs/NAME (run_dir's own name by default)."""
+    copy = work / "runs" / (name or run_dir.name)
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+# The built-in shapes, tiny: 64 training images in batches of 16 (4 steps an epoch, every step logged).
+TINY_SHAPES = ["--train-size", "64", "--val-size", "16", "--batch-size", "16", "--log-interval", "1"]
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`train.py *TINY_SHAPES --epochs 1`, trained once for the session: the run directory (read only)."""
+    return shared_run(tmp_path_factory, "one-epoch", *TINY_SHAPES, "--epochs", "1")
+
+
+# --- The order the tests are handed out in ---------------------------------------------------------------
+
+# With `-n 2`, pytest-xdist hands the tests out in the order collected; by default it sends each worker a
+# quarter of its share up front, in one block, which would leave all the long tests to one worker. Here it
+# sends them one at a time (--maxschedchunk 1) to whichever worker is free, each worker holding one test in
+# hand besides the one it runs: the longest tests go out first, the other end-to-end ones next, the quick
+# ones last, to even out the end. Prefixes of test ids; the second is held by the first test's worker.
+LONGEST_FIRST = (
+    "tests/test_acceptance.py::test_acceptance_command_runs_in_its_no_cuda_mode",
+    "tests/test_real_folders.py::test_same_seed_same_run_with_or_without_the_decode_cache_and_any_workers",
+    "tests/test_pipeline.py::test_bf16_and_channels_last_follow_the_fp32_loss_trajectory[bf16]",
+    "tests/test_distributed.py::test_two_processes_write_one_run_with_exact_validation_and_resume_in_one",
+    "tests/test_pipeline.py::test_bf16_and_channels_last_follow_the_fp32_loss_trajectory",
+    "tests/test_reliability.py::test_signal_saves_a_checkpoint_that_resumes_exactly",
+    "tests/test_distributed.py::test_one_step_on_two_processes_equals_one_process_with_the_same_global_batch",
+    "tests/test_devices.py::test_resume_with_deterministic_equals_an_uninterrupted_run",
+    "tests/test_reliability.py::test_resume_under_another_global_batch_is_refused_where_it_would_mislead",
+    "tests/test_reliability.py::test_resume_after_an_epoch_is_bit_identical",
+    "tests/test_pipeline.py::test_bench_json_on_a_tiny_folder",
+    "tests/test_shapes.py::test_a_linear_model_on_raw_pixels_does_poorly",  # the longest of -m "not slow"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") == "load" and config.getoption("maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1  # (unless given on the command line)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process runs them all: the order changes nothing
+
+    def rank(item: pytest.Item) -> int:
+        first = [i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)]
+        return first[0] if first else len(LONGEST_FIRST) + (item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)  # stable: in collection order otherwise
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -92,9 +209,9 @@ CHECKPOINT_CLASSES = ["a", "b", "c"]
 CHECKPOINT_PRESET = EvalPreset(image_size=67, resize_size=77, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.3], in_channels=3)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A train.py-style checkpoint of a 3-class AlexNet (the keys inference needs)."""
+    """A train.py-style checkpoint of a 3-class AlexNet (the keys inference needs), read only."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("checkpoint") / "best.pt"
     model = AlexNet(num_classes=len(CHECKPOINT_CLASSES))

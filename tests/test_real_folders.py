@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from conftest import run
+from conftest import copy_run, run
 from PIL import Image
 
 import train
@@ -28,21 +28,6 @@ FOLDER = [
     "67",
     "--workers",
     "0",
-    "--batch-size",
-    "16",
-    "--epochs",
-    "1",
-    "--max-steps",
-    "2",
-    "--log-interval",
-    "1",
-]
-# The built-in shapes: 64 images, batches of 16, 2 steps an epoch.
-SHAPES = [
-    "--train-size",
-    "64",
-    "--val-size",
-    "16",
     "--batch-size",
     "16",
     "--epochs",
@@ -204,9 +189,10 @@ def test_same_seed_same_run_with_or_without_the_decode_cache_and_any_workers(wor
 
 @pytest.mark.slow
 @pytest.mark.parametrize("after_checkpoint", ["torn line"])  # a complete later row: test_run_log.py
-def test_resume_survives_metrics_written_after_the_checkpoint(work: Path, after_checkpoint: str) -> None:
-    run("train.py", *SHAPES, "--name", "r", cwd=work)
-    run_dir = work / "runs" / "r"
+def test_resume_survives_metrics_written_after_the_checkpoint(
+    work: Path, one_epoch_run: Path, after_checkpoint: str
+) -> None:
+    run_dir = copy_run(one_epoch_run, work, "r")  # the built-in shapes, one epoch (conftest)
     saved = metrics_rows(run_dir)
     assert [row["epoch"] for row in saved] == [1]
     with open(run_dir / "metrics.jsonl", "a") as f:

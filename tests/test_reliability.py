@@ -3,16 +3,14 @@ checkpoints, and bad image folders (issue: reliability and safety)."""
 
 import json
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPT_ENV, run
+from conftest import ROOT, SCRIPT_ENV, TINY_SHAPES, copy_run, run, shared_run
 from PIL import Image
 
 import train
@@ -21,8 +19,8 @@ from data_pipeline import DataConfig, load_data
 from errors import DataError
 from presets import train_transform
 
-# 64 images, batches of 16: 4 steps an epoch, every step logged.
-SHAPES = ["--train-size", "64", "--val-size", "16", "--batch-size", "16", "--log-interval", "1"]
+# 64 images, batches of 16: 4 steps an epoch, every step logged (those of conftest's one_epoch_run).
+SHAPES = TINY_SHAPES
 TIMING = ("_seconds", "images_per_second")  # epoch_seconds, data_seconds, compute_seconds, throughput
 
 
@@ -42,18 +40,15 @@ def assert_same_training(a: Path, b: Path) -> None:
         assert torch.equal(weights_a[key], weights_b[key]), key
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Three epochs in one go: the reference for every resumed run below."""
-    work = tmp_path_factory.mktemp("straight")
-    run("train.py", *SHAPES, "--epochs", "3", "--name", "straight", cwd=work)
-    yield work / "runs" / "straight"
-    shutil.rmtree(work)  # ~670 MB of checkpoints: free the disk once the module is done
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three epochs in one go: the reference for every resumed run below (trained once for the session)."""
+    return shared_run(tmp_path_factory, "straight", *SHAPES, "--epochs", "3")
 
 
 @pytest.mark.slow
-def test_resume_after_an_epoch_is_bit_identical(straight_run: Path, tmp_path: Path) -> None:
-    run("train.py", *SHAPES, "--epochs", "1", "--name", "split", cwd=tmp_path)
+def test_resume_after_an_epoch_is_bit_identical(straight_run: Path, one_epoch_run: Path, tmp_path: Path) -> None:
+    copy_run(one_epoch_run, tmp_path, "split")  # `train.py *SHAPES --epochs 1`
     run("train.py", "--resume", "runs/split", "--epochs", "3", cwd=tmp_path)  # the run's own settings, and 3 epochs
     assert_same_training(straight_run, tmp_path / "runs" / "split")
 
@@ -88,9 +83,8 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    run("train.py", *SHAPES, "--epochs", "1", "--name", "nan", cwd=tmp_path)
-    run_dir = tmp_path / "runs" / "nan"
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch_run: Path, tmp_path: Path) -> None:
+    run_dir = copy_run(one_epoch_run, tmp_path, "nan")  # `train.py *SHAPES --epochs 1`
     best, last = (run_dir / "best.pt").read_bytes(), (run_dir / "last.pt").read_bytes()
     # Resume at a learning rate of 1e9 (flags given again win): the next steps blow up.
     result = run("train.py", "--resume", str(run_dir), "--epochs", "2", "--lr", "1e9", cwd=tmp_path, check=False)
@@ -104,8 +98,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_resume_with_another_model_says_what_differs(tmp_path: Path) -> None:
-    run("train.py", *SHAPES, "--epochs", "1", "--max-steps", "1", "--name", "a", cwd=tmp_path)
+def test_resume_with_another_model_says_what_differs(one_epoch_run: Path, tmp_path: Path) -> None:
+    copy_run(one_epoch_run, tmp_path, "a")  # `train.py *SHAPES --epochs 1`: the default model, 3 channels
     result = run("train.py", "--resume", "runs/a", "--epochs", "2", "--model", "paper", cwd=tmp_path, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "the checkpoint's model differs" in result.stderr and "lrn False there, True here" in result.stderr
@@ -115,7 +109,9 @@ def test_resume_with_another_model_says_what_differs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(tmp_path: Path) -> None:
+def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(
+    one_epoch_run: Path, tmp_path: Path
+) -> None:
     # A one-cycle schedule counts steps, so another batch size would end it early or late.
     run("train.py", *SHAPES, "--epochs", "1", "--schedule", "onecycle", "--name", "a", cwd=tmp_path)
     last = (tmp_path / "runs" / "a" / "last.pt").read_bytes()
@@ -124,7 +120,7 @@ def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(tmp
     assert "needs its global batch of 16" in result.stderr and "not 8" in result.stderr
     assert (tmp_path / "runs" / "a" / "last.pt").read_bytes() == last
     # The step schedule has no such count: it goes on, with a note.
-    run("train.py", *SHAPES, "--epochs", "1", "--name", "b", cwd=tmp_path)
+    copy_run(one_epoch_run, tmp_path, "b")  # `train.py *SHAPES --epochs 1`
     result = run(
         "train.py", "--resume", "runs/b", "--epochs", "2", "--batch-size", "8", "--max-steps", "1", cwd=tmp_path
     )

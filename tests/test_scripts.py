@@ -1,15 +1,13 @@
 """train.py and inference.py end to end, as subprocesses, on tiny data written in the real formats."""
 
 import json
-import shutil
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, run
+from conftest import SHARED_DATA, copy_run, run, shared_run
 from PIL import Image
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interval", "1"]
@@ -17,12 +15,13 @@ TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interva
 pytestmark = pytest.mark.slow  # every test here runs the scripts as subprocesses
 
 
-@pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One tiny run of the default (shapes) pipeline, shared by the tests below."""
-    work = tmp_path_factory.mktemp("shapes")
-    run(
-        "train.py",
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run of the default (shapes) pipeline, shared by the tests below (trained once for the session):
+    the folder whose runs/ holds it alone, as runs/tiny. Read only: test_resume_continues_from_last_epoch copies it."""
+    run_dir = shared_run(
+        tmp_path_factory,
+        "tiny",
         "--train-size",
         "64",
         "--val-size",
@@ -33,12 +32,8 @@ def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "2",
         "--batch-size",
         "16",
-        "--name",
-        "tiny",
-        cwd=work,
     )
-    yield work
-    shutil.rmtree(work)  # ~670 MB of checkpoints: free the disk once the module is done
+    return run_dir.parent.parent
 
 
 def test_train_writes_the_run_directory(shapes_run: Path) -> None:
@@ -139,8 +134,8 @@ def test_inference_without_any_run_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 2 and "python train.py" in result.stderr
 
 
-def test_resume_continues_from_last_epoch(shapes_run: Path) -> None:
-    run_dir = shapes_run / "runs" / "tiny"
+def test_resume_continues_from_last_epoch(shapes_run: Path, tmp_path: Path) -> None:
+    run_dir = copy_run(shapes_run / "runs" / "tiny", tmp_path)
     run(
         "train.py",
         "--train-size",
@@ -155,7 +150,7 @@ def test_resume_continues_from_last_epoch(shapes_run: Path) -> None:
         "16",
         "--resume",
         str(run_dir),
-        cwd=shapes_run,
+        cwd=tmp_path,
     )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]

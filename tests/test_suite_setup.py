@@ -1,0 +1,50 @@
+"""The suite's own setup (conftest.py): the environment the scripts run in, and the fsync the suite skips."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import THREADS, run
+
+import atomic_files
+
+# Prints the variables named on its command line, as the script sees them (null where unset).
+PRINT_ENV = "import json, os, sys\nprint(json.dumps({name: os.environ.get(name) for name in sys.argv[1:]}))\n"
+
+
+@pytest.mark.slow
+def test_the_scripts_see_the_parents_environment_less_what_would_change_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU machine's driver is found through the parent's variables: the scripts must see them. torchrun's
+    variables would make a script join a job, and the terminal's and the locale change what it prints."""
+    inherited = {"CUDA_VISIBLE_DEVICES": "1,0", "LD_LIBRARY_PATH": str(tmp_path / "lib"), "ALEXNET_TEST_VAR": "x"}
+    dropped = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "job", "LC_ALL": "C"}
+    dropped |= {"PYTHONWARNINGS": "error", "COLUMNS": "40", "PYTEST_ADDOPTS": "-x"}
+    for name, value in {**inherited, **dropped, "OMP_NUM_THREADS": "64"}.items():
+        monkeypatch.setenv(name, value)
+    script = tmp_path / "print_env.py"
+    script.write_text(PRINT_ENV)
+    names = [*inherited, *dropped, "OMP_NUM_THREADS", "PYTHONHASHSEED", "MPLBACKEND", "ALEXNET_SKIP_FSYNC", "PATH"]
+    seen = json.loads(run(str(script), *names, cwd=tmp_path).stdout)  # (ROOT / an absolute path is that path)
+    assert {name: seen[name] for name in inherited} == inherited
+    assert {name: seen[name] for name in dropped} == dict.fromkeys(dropped)
+    assert (seen["OMP_NUM_THREADS"], seen["PYTHONHASHSEED"], seen["MPLBACKEND"]) == (THREADS, "0", "Agg")
+    assert seen["ALEXNET_SKIP_FSYNC"] == os.environ["ALEXNET_SKIP_FSYNC"] and seen["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("skip", [None, "1"])
+def test_files_are_flushed_to_disk_unless_the_suite_says_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skip: str | None
+) -> None:
+    """The suite runs with ALEXNET_SKIP_FSYNC=1 (conftest): outside it, every atomic write is fsynced."""
+    synced = []
+    monkeypatch.setattr(atomic_files.os, "fsync", synced.append)
+    if skip is None:
+        monkeypatch.delenv("ALEXNET_SKIP_FSYNC", raising=False)
+    else:
+        monkeypatch.setenv("ALEXNET_SKIP_FSYNC", skip)
+    atomic_files.write_atomically(tmp_path / "f.bin", lambda f: f.write(b"data"))
+    assert (tmp_path / "f.bin").read_bytes() == b"data"
+    assert len(synced) == (1 if skip is None else 0)
