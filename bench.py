@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(MODELS),
         help="both: the network (paper: LRN and two towers, at --image-size 227 as the paper's arithmetic wants)",
     )
-    # measurement
+    add_measurement_flags(parser)
+    return parser
+
+
+def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
+    """What is timed, how often and how long it may take."""
     parser.add_argument(
         "--loader-only", action="store_true", help="the data loaders alone, without the model (needs --data)"
     )
@@ -140,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the fraction of it reached"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    return parser
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
