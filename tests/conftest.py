@@ -17,6 +17,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from forked_scripts import ScriptServer  # noqa: E402
+
 from alexnet import AlexNet  # noqa: E402  (after the path is set)
 from checkpoints import load_checkpoint  # noqa: E402
 from presets import EvalPreset  # noqa: E402
@@ -67,20 +69,33 @@ def script_env() -> dict[str, str]:
 SCRIPT_ENV = script_env()  # for the tests that start the scripts themselves (torchrun, Popen)
 
 
-def run(script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the repository's scripts in a subprocess, as a user would (but with no terminal)."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=cwd,
-        env=script_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+SERVER: list[ScriptServer] = []  # this worker's script server, started by the first run()
+
+
+def run(
+    script: str, *args: str, cwd: Path, check: bool = True, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run one of the repository's scripts in a process of its own, as a user would (but with no terminal),
+    in the scripts' environment (script_env) with `env` added: forked from a process that has imported torch
+    already (forked_scripts.py), or a new interpreter where that would differ."""
+    argv, env = [str(ROOT / script), *args], {**script_env(), **(env or {})}
+    if not SERVER and os.environ.get("ALEXNET_TEST_SUBPROCESS") != "1":
+        SERVER.append(ScriptServer(env))
+    if SERVER and SERVER[0].can_run(env):
+        result = SERVER[0].run(argv, cwd, env, timeout)
+    else:
+        command = [sys.executable, *argv]
+        result = subprocess.run(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
     if check:
         assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for server in SERVER:
+        server.close()
 
 
 # --- Made once for the whole session ---------------------------------------------------------------------

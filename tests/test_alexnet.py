@@ -78,14 +78,14 @@ def test_activations_keep_their_scale_at_init() -> None:
 @pytest.mark.slow
 def test_overfits_one_tiny_batch() -> None:
     model = AlexNet(num_classes=4, dropout=0.0)
-    images, labels = torch.randn(8, 3, 67, 67), torch.arange(8) % 4
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.004, momentum=0.9)
-    for _ in range(40):  # (loss below 4e-4 by then with seeds 0, 1 and 2)
+    images, labels = torch.randn(4, 3, 67, 67), torch.arange(4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+    for _ in range(16):  # (loss 0.15, 0.08 and 0.07 by then with seeds 0, 1 and 2; chance is ln 4 = 1.39)
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert loss.item() < 0.05
+    assert loss.item() < 0.3
     assert (model(images).argmax(1) == labels).all()
 
 

@@ -2,15 +2,13 @@
 ImageNet weights (a file the test writes, no network), and 10-crop evaluation."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, SCRIPT_ENV, run
+from conftest import run
 from PIL import Image
 
 import train
@@ -70,20 +68,8 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
     cache.mkdir(parents=True)
     torch.save(weights, cache / "alexnet-owt-7be5be79.pth")
     write_folder(tmp_path / "folder")
-    env = {**SCRIPT_ENV, "TORCH_HOME": str(tmp_path / "torch")}
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--data",
-        "folder",
-        "--pretrained",
-        "imagenet",
-        *TINY,
-        "--name",
-        "ft",
-    ]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    command = ["--data", "folder", "--pretrained", "imagenet", *TINY]
+    result = run("train.py", *command, "--name", "ft", cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "torch")})
     checkpoint = torch.load(tmp_path / "runs" / "ft" / "best.pt", weights_only=True)
     assert checkpoint["model_config"]["layout"] == "torchvision" and checkpoint["model_config"]["num_classes"] == 2
     assert checkpoint["preprocess"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet's, as the weights expect
@@ -92,9 +78,9 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
     conv5 = checkpoint["model"]["features.10.weight"]
     assert (conv5 - weights["features.10.weight"]).abs().max() < 0.05 * weights["features.10.weight"].abs().max()
     # Offline with nothing cached: one line saying what to copy where.
-    env["TORCH_HOME"] = str(tmp_path / "empty")
-    env["https_proxy"] = env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # no network even where there is one
-    result = subprocess.run([*command[:-1], "ft2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    offline = {"TORCH_HOME": str(tmp_path / "empty")}
+    offline["https_proxy"] = offline["HTTPS_PROXY"] = "http://127.0.0.1:9"  # no network even where there is one
+    result = run("train.py", *command, "--name", "ft2", cwd=tmp_path, env=offline, check=False)
     assert (
         result.returncode == 1
         and "--pretrained imagenet" in result.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,42 @@ def test_files_are_flushed_to_disk_unless_the_suite_says_not_to(
     atomic_files.write_atomically(tmp_path / "f.bin", lambda f: f.write(b"data"))
     assert (tmp_path / "f.bin").read_bytes() == b"data"
     assert len(synced) == (1 if skip is None else 0)
+
+
+# Ends in each way a script can end; prints its folder, its argv and whether a global set by an earlier run
+# of the same file is still there (each run starts from a fresh __main__ in a new process).
+ENDINGS = """import os, sys, time
+print(os.getcwd(), sys.argv[1:], "seen" if globals().get("SEEN") else "fresh", os.getpid())
+SEEN = True
+how = sys.argv[1]
+if how == "message":
+    sys.exit("error: a message")
+if how == "code":
+    sys.exit(3)
+if how == "raise":
+    raise ValueError("raised")
+if how == "sleep":
+    time.sleep(30)
+"""
+
+
+@pytest.mark.slow
+def test_a_forked_script_ends_as_a_new_interpreter_would(tmp_path: Path) -> None:
+    """conftest.run forks the scripts from a process that imported torch (forked_scripts.py): each must
+    still end as `python script.py` does: exit status, stdout, stderr, folder, a process of its own."""
+    script = tmp_path / "endings.py"
+    script.write_text(ENDINGS)
+    seen = {}
+    for how, code in (("return", 0), ("message", 1), ("code", 3), ("raise", 1)):
+        result = run(str(script), how, cwd=tmp_path, check=False)
+        seen[how] = result
+        assert result.returncode == code, (how, result.stderr)
+        folder, argv, fresh, pid = result.stdout.split(maxsplit=3)
+        assert (folder, fresh) == (str(tmp_path), "fresh") and int(pid) != os.getpid()
+    assert seen["message"].stderr.strip().splitlines()[-1] == "error: a message"
+    assert seen["raise"].stderr.strip().splitlines()[-1] == "ValueError: raised"
+    assert "Traceback" in seen["raise"].stderr and "Traceback" not in seen["message"].stderr
+    pids = {result.stdout.split()[-1] for result in seen.values()}
+    assert len(pids) == len(seen)  # a new process each time
+    with pytest.raises(subprocess.TimeoutExpired):
+        run(str(script), "sleep", cwd=tmp_path, timeout=2)
