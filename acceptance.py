@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     summary = {"cuda": cuda, "device_name": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
     summary["budgets"] = {name: budget(name, cuda, args.quick) for name in BUDGETS}
+    try:  # before the first stage, not after it: what a stage measured is only kept in this file
+        write_summary(Path(args.summary), summary, start)
+    except OSError as error:
+        sys.exit(f"error: --summary {args.summary}: cannot be written ({error.strerror}); give a writable path")
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.keep or scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,7 @@ def stages(args: argparse.Namespace, cuda: bool) -> list:
             ),
         ),  # fmt: skip
         ("bench_jpegs", lambda work, folder, cuda, seconds: bench(work, folder, steps, size, batch, seconds)),
-        ("loaders_jpegs", lambda work, folder, cuda, seconds: loaders(work, folder, size, batch, seconds)),
+        ("loaders_jpegs", lambda work, folder, cuda, seconds: loaders(work, folder, size, batch, seconds, cuda)),
         (
             "training_packed_vs_memory",
             lambda work, folder, cuda, seconds: packed_vs_memory(work, folder, steps, size, batch, seconds),
@@ -222,11 +226,12 @@ def bench(work: Path, folder: Path, steps: list[str], size: int, batch: int, sec
     return {"ok": True, **{key: figures[key] for key in keep}}
 
 
-def loaders(work: Path, folder: Path, size: int, batch: int, seconds: float) -> dict:
+def loaders(work: Path, folder: Path, size: int, batch: int, seconds: float, cuda: bool) -> dict:
     """bench.py --loader-only --cold: images per second each loader delivers to the device, without a model,
     the packs read from the disk rather than the page cache."""
     workers = min(16, os.cpu_count() or 1)
-    count = str(10 * workers * batch)  # ten batches per worker: every worker busy well past its start
+    per_worker = 10 if cuda else 3  # ten batches per worker on CUDA: every worker busy well past its start
+    count = str(per_worker * workers * batch)
     arguments = ["--data", str(folder), "--loader-only", "--cold", "--loader-images", count, "--pack-dir",
                  str(work / "packs"), "--timeout", str(seconds / 3)]  # fmt: skip
     figures = run_bench(work, arguments, size, batch, seconds)
