@@ -107,6 +107,8 @@ def serve() -> None:
     sys.path[0] = str(ROOT)  # (this folder's place): the scripts' folder, as for `python train.py`
     for name in PRELOAD:
         __import__(name)
+    if sys.modules["torch"].cuda.is_initialized():  # a forked child cannot use a CUDA its parent started
+        raise RuntimeError("importing the scripts started CUDA: the forked scripts could not use the GPU")
     sys.stderr.flush()
     requests, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing printed here reaches the answers
