@@ -43,6 +43,7 @@ engine.py (`predict`), export.py (ONNX and .pt2) and result_files.py (--output).
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -56,6 +57,8 @@ from image_files import IMAGE_EXTENSIONS, expand_inputs, load_image
 from presets import TTA_MODES
 from pretrained import load_imagenet_weights
 from result_files import ResultRow, result_format, write_results
+
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # https://..., file://...: a URL, not a file name
 
 __all__ = ["load_checkpoint", "load_imagenet_weights", "predict"]  # for notebooks: from inference import ...
 
@@ -241,9 +244,13 @@ def decode_inputs(names: list[str], channels: int) -> tuple[list, list[Path], li
     there were); failures reported on stderr."""
     decoded, good, indices, problems, count = [], [], [], [], 0
     for name in names:
-        files = expand_inputs([name])
-        if not files:  # a directory without a single image file
-            reason = f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory"
+        files = [] if URL.match(name) else expand_inputs([name])
+        if not files:  # a URL, or a directory without a single image file
+            reason = (
+                "a URL: this reads files on disk; download it first (e.g. curl -O URL)"
+                if URL.match(name)
+                else f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory"
+            )
             print(f"error: {name}: {reason}", file=sys.stderr)
             problems.append((len(good) + len(problems), name, reason))
         for path in files:

@@ -443,6 +443,7 @@ def test_cli_classifies_good_files_and_reports_each_bad_one(
         tmp_path / "cut.png": "truncated",
         tmp_path / "missing.png": "no such file",
         tmp_path / "nothing": "no image files",
+        "https://example.com/x.jpg": "a URL: this reads files on disk; download it first",
     }
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "notes.jpg").write_text("hello")
@@ -458,7 +459,7 @@ def test_cli_classifies_good_files_and_reports_each_bad_one(
     errors = err.splitlines()
     for path, reason in bad.items():
         assert any(line.startswith(f"error: {path}: ") and reason in line for line in errors), (path, err)
-    assert errors[-1] == "5 of 7 inputs could not be classified" and len(errors) == 6
+    assert errors[-1] == "6 of 8 inputs could not be classified" and len(errors) == 7
 
 
 @pytest.mark.parametrize("how", ["torch-save", "text"])
