@@ -32,6 +32,12 @@ def folder_classes(root: Path, setting: str = "data") -> list[str]:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>", setting)
+    if len(classes) == 1:  # it would train to 100% and then name that class for any image
+        raise DataError(
+            f"{root}/train has one class folder ({classes[0]}); a classifier needs two or more: add a folder "
+            "of images of another class",
+            setting,
+        )
     extra = sorted(
         p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes and p.name[0] != "."
     )

@@ -20,6 +20,7 @@ import folders
 from alexnet import AlexNet
 from data_pipeline import DataConfig, load_data, make_presets
 from engine import bf16_is_fast
+from errors import DataError
 from folders import decode_for_store
 from presets import (
     IMAGENET_EIGVAL,
@@ -424,3 +425,18 @@ def test_auto_augmentation_follows_the_data() -> None:
     assert cifar.kind == "crop" and cifar.crop_padding == 4 and cifar.flip
     assert preset("auto", "folder", 256, 224, MEAN, STD).kind == "resized-crop"  # photos
     assert not preset("auto", "mnist", 28, 67, [0.5], [0.25]).flip  # a mirrored digit is another glyph
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path: Path) -> None:
+    """One class trains to 100% and then names that class for any image: refused, saying what to add."""
+    for split in ("train", "val"):
+        (tmp_path / split / "solo").mkdir(parents=True)
+    with pytest.raises(DataError) as raised:
+        folders.folder_classes(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path}/train has one class folder (solo); a classifier needs two or more: add a folder of images "
+        "of another class"
+    )
+    (tmp_path / "train" / "duo").mkdir()
+    (tmp_path / "val" / "duo").mkdir()
+    assert folders.folder_classes(tmp_path) == ["duo", "solo"]
