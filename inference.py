@@ -244,13 +244,12 @@ def decode_inputs(names: list[str], channels: int) -> tuple[list, list[Path], li
     there were); failures reported on stderr."""
     decoded, good, indices, problems, count = [], [], [], [], 0
     for name in names:
-        files = [] if URL.match(name) else expand_inputs([name])
+        url = URL.match(name)
+        files = [] if url else expand_inputs([name])
         if not files:  # a URL, or a directory without a single image file
-            reason = (
-                "a URL: this reads files on disk; download it first (e.g. curl -O URL)"
-                if URL.match(name)
-                else f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory"
-            )
+            reason = f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory"
+            if url:
+                reason = "a URL: this reads files on disk; download it first (e.g. curl -O URL)"
             print(f"error: {name}: {reason}", file=sys.stderr)
             problems.append((len(good) + len(problems), name, reason))
         for path in files:

@@ -122,13 +122,17 @@ def serve() -> None:
                 child(request)
             finally:
                 os._exit(1)
-        deadline, status = time.monotonic() + request["timeout"], None
-        while status is None and time.monotonic() < deadline:
-            done, wait_status = os.waitpid(pid, os.WNOHANG)
-            status = wait_status if done else time.sleep(0.005)
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        deadline = time.monotonic() + request["timeout"]
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:  # killed, as subprocess.run kills a process past its timeout
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = None
+                break
+            time.sleep(0.005)
         print(json.dumps({"status": status}), file=answers, flush=True)
 
 
