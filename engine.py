@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from image_files import load_image, pil_to_uint8
-from presets import TTA_MODES, eval_transform, ten_crop_transform
+from presets import TTA_MODES, TTA_VIEWS, tta_transform
 from speedups import fast_forward
 
 T = TypeVar("T")
@@ -223,8 +223,9 @@ def accuracy_counts(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, .
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num_classes: int, world_size: int) -> dict:
     """Loss, top-1 and top-5 accuracy and the confusion matrix over normalised (images, labels)
-    batches, exact over all processes. Images (B, K, C, S, S) are K crops each (10-crop testing):
-    their softmax probabilities are averaged. The model is left in the mode it came in."""
+    batches, exact over all processes. Images (B, K, C, S, S) are K views each (test-time
+    augmentation: flips, ten crops): their softmax probabilities are averaged. The model is left
+    in the mode it came in."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -256,11 +257,11 @@ def evaluate(model: torch.nn.Module, batches, amp_dtype: torch.dtype | None, num
 
 def class_log_probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the classes, in float32, of (B, C, S, S) images -> (B, num_classes); for
-    (B, K, C, S, S), K crops of each image (10-crop testing), of their averaged probabilities."""
-    crops = images.shape[1] if images.ndim == 5 else 1
-    log_probs = model(images.flatten(0, 1) if crops > 1 else images).float().log_softmax(dim=1)
-    if crops > 1:  # log of the mean of the crops' softmax, without leaving log space
-        log_probs = log_probs.view(-1, crops, log_probs.shape[1]).logsumexp(dim=1) - math.log(crops)
+    (B, K, C, S, S), K views of each image (test-time augmentation), of their averaged probabilities."""
+    views = images.shape[1] if images.ndim == 5 else 1
+    log_probs = model(images.flatten(0, 1) if views > 1 else images).float().log_softmax(dim=1)
+    if views > 1:  # log of the mean of the views' softmax, without leaving log space
+        log_probs = log_probs.view(-1, views, log_probs.shape[1]).logsumexp(dim=1) - math.log(views)
     return log_probs
 
 
@@ -271,16 +272,17 @@ def predict(
     """Top-k (class name, probability) pairs, best first, for each image.
 
     `images` may mix file paths, PIL images and uint8 tensors (C, H, W); tensors of another dtype
-    are taken as already preprocessed model inputs: (C, S, S), or (10, C, S, S) with tta="10crop".
+    are taken as already preprocessed model inputs: (C, S, S), or (K, C, S, S) views with a `tta`.
     A path that cannot be read as an image raises BadImageError.
-    `tta`: None or "none" classifies the centre crop (eval_transform); "10crop" averages the
-    softmax over the paper's ten crops (ten_crop_transform), ten times the work. `batch_size`
-    counts model inputs: with "10crop", batch_size // 10 images (at least one) go through at once.
+    `tta`: None or "none" classifies the centre crop (eval_transform); "flip" averages the softmax
+    of the crop and its mirror, "10crop" over the paper's ten crops (tta_transform), 2 and 10
+    times the work. `batch_size` counts model inputs: with K views, batch_size // K images (at
+    least one) go through at once.
     """
     if tta not in (None, *TTA_MODES):
         raise ValueError(f"tta must be None or one of {TTA_MODES}, got {tta!r}")
-    ten_crop = tta == "10crop"
-    transform = ten_crop_transform if ten_crop else eval_transform
+    tta = tta or "none"
+    views = TTA_VIEWS[tta]
     # A model without parameters (export.OnnxRuntimeModel, an ONNX file run by ONNX Runtime) takes CPU tensors.
     device = next(model.parameters(), torch.empty(0)).device
     preprocess, classes = meta["preprocess"], meta["classes"]
@@ -290,11 +292,11 @@ def predict(
             image = load_image(image, preprocess.in_channels)
         elif isinstance(image, Image.Image):
             image = pil_to_uint8(image, preprocess.in_channels)
-        elif image.dtype != torch.uint8 and image.ndim != (4 if ten_crop else 3):
-            expected = "(10, C, S, S) crops with tta='10crop'" if ten_crop else "(C, S, S)"
+        elif image.dtype != torch.uint8 and image.ndim != (3 if views == 1 else 4):
+            expected = "(C, S, S)" if views == 1 else f"({views}, C, S, S) views with tta={tta!r}"
             raise ValueError(f"a preprocessed input must be {expected}, got shape {tuple(image.shape)}")
-        inputs.append(transform(image, preprocess) if image.dtype == torch.uint8 else image)
-    images_per_batch = max(1, batch_size // 10) if ten_crop else batch_size
+        inputs.append(tta_transform(image, preprocess, tta) if image.dtype == torch.uint8 else image)
+    images_per_batch = max(1, batch_size // views)
     forward = fast_forward(model)  # an AlexNet: pooled by matrix products on MPS, fc6 folded on small inputs
     results = []
     for start in range(0, len(inputs), images_per_batch):

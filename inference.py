@@ -109,13 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="model inputs per forward pass (an image is 10 with --tta 10crop)"
+        "--batch-size",
+        type=int,
+        default=64,
+        help="model inputs per forward pass (an image is 2 with --tta flip, 10 with 10crop)",
     )
     parser.add_argument(
         "--tta",
         default="none",
         choices=TTA_MODES,
-        help="test-time augmentation: none (centre crop) or 10crop (the paper's ten crops, softmax averaged)",
+        help="test-time augmentation: none (centre crop), flip (it and its mirror) or 10crop (the paper's ten crops); "
+        "softmax averaged",
     )
     parser.add_argument(
         "--plot",

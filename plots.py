@@ -1,6 +1,6 @@
 """The pictures: training curves, conv1 filters, predictions, confusion matrices and top-k bars, as PNG files.
 
-Shared by train.py (curves, filters, predictions, confusion) and inference.py (top-k bars):
+Shared by train.py (curves, filters, predictions, confusion, neighbours) and inference.py (top-k bars):
 
     >>> from plots import plot_curves, plot_filters
     >>> plot_curves([json.loads(line) for line in open("runs/shapes/metrics.jsonl")], Path("curves.png"))
@@ -27,6 +27,7 @@ PREDICTIONS_PER_ROW = 8
 CONFUSION_SIZE = (8.0, 8.0)  # 800 x 800
 MAX_CONFUSION_CLASSES = 30  # beyond that, names and counts no longer fit in a readable picture
 TOPK_SIZE = (10.0, 4.0)  # 1000 x 400
+NEIGHBOUR_CELL = (1.6, 1.9)  # per image, the extra 0.3 inch for the title
 RIGHT, WRONG = "tab:green", "tab:red"
 
 
@@ -60,8 +61,9 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     """Loss, top-1 and top-5 accuracy against epoch, train and validation: three panels, 1500 x 450 pixels.
 
     `metrics` are train.py's metrics.jsonl rows (epoch, train_loss, train_top1, train_top5,
-    val_loss, val_top1, val_top5). A series is drawn at the epochs whose rows have it, so rows of
-    older runs without train_top5 simply leave that line out.
+    val_loss, val_top1, val_top5, and ema_val_* for the weights' moving average with --ema). A
+    series is drawn at the epochs whose rows have it, so rows of older runs without train_top5
+    simply leave that line out.
     """
     figure = new_figure(CURVES_SIZE)
     ax_loss, ax_top1, ax_top5 = figure.subplots(1, 3)
@@ -71,7 +73,7 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
         (ax_top5, "top5", "accuracy (%)", "Top-5 accuracy"),
     ]
     for ax, metric, ylabel, title in panels:
-        for split, name, style in (("train", "train", "o-"), ("val", "validation", "s-")):
+        for split, name, style in (("train", "train", "o-"), ("val", "validation", "s-"), ("ema_val", "EMA", "^--")):
             key = f"{split}_{metric}"
             rows = [m for m in metrics if m.get(key) is not None]
             if not rows:
@@ -268,5 +270,45 @@ def plot_topk(image: torch.Tensor, topk: list[tuple[str, float]], path: Path, ti
         )
     ax_bars.set(xlim=(0, 100), xlabel="confidence (%)", title=f"Top-{len(topk)} predictions")
     ax_bars.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    save(figure, path)
+
+
+def plot_neighbours(
+    queries: torch.Tensor,
+    query_labels,
+    neighbours: torch.Tensor,
+    neighbour_labels,
+    classes: list[str],
+    path: Path,
+) -> None:
+    """The paper's Figure 4 (right): one row per query image, the query in the first column and its
+    nearest training images beside it (neighbours.nearest_training_images), each titled with its
+    class: green when it is the query's class, red when not. Q queries with K neighbours each make a
+    picture of (K + 1) * 160 x Q * 190 pixels.
+
+    `queries` (Q, C, H, W) and `neighbours` (Q, K, C, H, W) uint8 as decoded; `query_labels` Q and
+    `neighbour_labels` (Q, K) class indices (tensors or lists).
+    """
+    if queries.ndim != 4 or neighbours.ndim != 5 or len(neighbours) != len(queries) or not len(queries):
+        raise ValueError(
+            f"expected queries (Q, C, H, W) and neighbours (Q, K, C, H, W), Q >= 1, got shapes "
+            f"{tuple(queries.shape)} and {tuple(neighbours.shape)}"
+        )
+    query_labels, neighbour_labels = torch.as_tensor(query_labels).tolist(), torch.as_tensor(neighbour_labels).tolist()
+    rows, columns = len(queries), neighbours.shape[1] + 1
+    figure = new_figure((NEIGHBOUR_CELL[0] * columns, NEIGHBOUR_CELL[1] * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for row in range(rows):
+        images = [queries[row], *neighbours[row]]
+        labels = [query_labels[row], *neighbour_labels[row]]
+        for column, (ax, image, label) in enumerate(zip(axes[row], images, labels)):
+            array, options = to_display(image)
+            ax.imshow(array, **options)
+            ax.axis("off")
+            if column == 0:
+                ax.set_title(f"query: {classes[label]}", fontsize=9, fontweight="bold")
+            else:
+                ax.set_title(classes[label], fontsize=9, color=RIGHT if label == query_labels[row] else WRONG)
     figure.tight_layout()
     save(figure, path)

@@ -7,7 +7,8 @@ of small images such as CIFAR's 32) and end as normalised float32 inputs of side
   crop for small images, or torchvision's RandomResizedCrop), a horizontal flip, a resize to S,
   normalisation and the paper's PCA lighting noise, on a whole batch at once, on its device.
 - Evaluation (`EvalPreset`, `eval_transform`): the central square resized to `resize_size` and its
-  central S x S crop, normalised; `ten_crop_transform` gives the paper's ten crops instead.
+  central S x S crop, normalised; `tta_transform` gives several views of each image instead: the
+  crop and its mirror ("flip"), or the paper's ten crops ("10crop", `ten_crop_transform`).
   Checkpoints store the EvalPreset (as a dict), so inference preprocesses as validation did.
 
 To add an augmentation: a field in TrainPreset, set in `train_preset`, applied in `train_transform`
@@ -22,7 +23,9 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 AUGMENTATIONS = ("auto", "crop", "resized-crop", "none")
-TTA_MODES = ("none", "10crop")
+# Test-time augmentation: how many views of each image are classified (their softmax averaged).
+TTA_VIEWS = {"none": 1, "flip": 2, "10crop": 10}
+TTA_MODES = tuple(TTA_VIEWS)
 
 # The paper's "fancy PCA" colour augmentation: the principal components of ImageNet's RGB pixel
 # values (pixels in [0, 1]), eigenvalues in decreasing order; column j of the eigenvector matrix
@@ -269,6 +272,25 @@ def ten_crop_transform(images: torch.Tensor, preset: EvalPreset) -> torch.Tensor
     crops = torch.cat([five, five.flip(-1)], dim=-4)  # (..., 10, C, S, S)
     crops = TF.to_dtype(crops, torch.float32, scale=True)
     return TF.normalize(crops, preset.mean, preset.std)
+
+
+def flip_transform(images: torch.Tensor, preset: EvalPreset) -> torch.Tensor:
+    """The centre crop and its mirror image: (..., C, H, W) uint8 -> (..., 2, C, S, S) float32, normalised.
+
+    The cheapest test-time augmentation (twice the work of eval_transform), used by the fastest
+    CIFAR-10 trainers; the paper's ten crops include these two views.
+    """
+    x = eval_transform(images, preset)
+    return torch.stack([x, x.flip(-1)], dim=-4)  # (..., C, S, S) -> (..., 2, C, S, S)
+
+
+def tta_transform(images: torch.Tensor, preset: EvalPreset, tta: str) -> torch.Tensor:
+    """The evaluation input of each TTA mode: (..., C, S, S) for "none", else (..., K, C, S, S), K = TTA_VIEWS[tta]."""
+    if tta == "flip":
+        return flip_transform(images, preset)
+    if tta == "10crop":
+        return ten_crop_transform(images, preset)
+    return eval_transform(images, preset)
 
 
 def resized_square(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -18,8 +18,9 @@ Examples:
 
 Each run writes runs/<name>/: last.pt and best.pt (everything inference.py needs, plus optimiser
 state for --resume), metrics.jsonl (one line per epoch), pictures (curves.png, filters.png,
-predictions.png, confusion.png) and, for in-memory and packed datasets, a few validation images under
-samples/ to try inference.py on. Ctrl-C (or SIGTERM) saves a resumable checkpoint and stops.
+predictions.png, confusion.png, and for in-memory and packed datasets neighbours.png, the paper's
+Figure 4) and, for those datasets, a few validation images under samples/ to try inference.py on.
+Ctrl-C (or SIGTERM) saves a resumable checkpoint and stops.
 
 Data that fits in memory (everything but ImageNet-sized folders) is decoded once, kept on the
 training device as uint8 and augmented there a batch at a time; larger folders are streamed, or
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE, AlexNet
 from atomic_files import save_atomically
@@ -70,16 +72,17 @@ from engine import (
     training_memory,
 )
 from errors import CheckpointError, DataError
+from neighbours import nearest_training_images
 from packs import PACK_FORMATS
-from plots import plot_confusion, plot_filters, plot_predictions
+from plots import plot_confusion, plot_filters, plot_neighbours, plot_predictions
 from presets import (
     AUGMENTATIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     TTA_MODES,
     eval_transform,
-    ten_crop_transform,
     train_transform,
+    tta_transform,
 )
 from pretrained import imagenet_state_dict
 from run_log import (
@@ -127,7 +130,6 @@ NOT_RESUMED = {
     "data_root",
     "out_dir",
     "name",
-    "tta",
     "tensorboard",
 }
 
@@ -297,6 +299,19 @@ def add_optimisation_flags(group: argparse._ArgumentGroup, defaults: DataConfig)
         default=None,
         help="stop each epoch (training and validation) after this many batches: for smoke tests",
     )
+    group.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        help="keep an exponential moving average of the weights with this decay per update (e.g. 0.999), "
+        "validated every epoch beside them; best.pt takes whichever is better",
+    )
+    group.add_argument(
+        "--ema-every",
+        type=int,
+        default=1,
+        help="with --ema: update the average every this many steps (each update reads all the weights)",
+    )
 
 
 def add_run_flags(parser: argparse.ArgumentParser, defaults: DataConfig) -> None:
@@ -333,7 +348,8 @@ def add_run_flags(parser: argparse.ArgumentParser, defaults: DataConfig) -> None
         "--tta",
         default="none",
         choices=TTA_MODES,
-        help="with --evaluate: 10crop = the paper's ten crops (corners, centre, mirrored), softmax averaged",
+        help="test-time augmentation of --evaluate, or of every epoch's validation: flip = the centre crop and its "
+        "mirror, 10crop = the paper's ten crops (corners, centre, mirrored); softmax averaged",
     )
     group = parser.add_argument_group("output")
     group.add_argument("--out-dir", default="runs", help="directory holding all runs")
@@ -431,7 +447,17 @@ def bad_value(args: argparse.Namespace) -> str | None:
     for dest, value in vars(args).items():  # nan and inf pass float() but no check below
         if isinstance(value, float) and not math.isfinite(value):
             return f"--{dest.replace('_', '-')} must be a finite number, got {value}"
-    for flag in ("epochs", "batch_size", "train_size", "val_size", "lr_step", "log_interval", "lr_patience"):
+    at_least_1 = (
+        "epochs",
+        "batch_size",
+        "train_size",
+        "val_size",
+        "lr_step",
+        "log_interval",
+        "lr_patience",
+        "ema_every",
+    )
+    for flag in at_least_1:
         if getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
     if args.lr <= 0:
@@ -447,6 +473,8 @@ def bad_value(args: argparse.Namespace) -> str | None:
         return (
             f"--image-size must be at least {smallest} (the smallest input of the {model} model), got {args.image_size}"
         )
+    if args.ema is not None and not 0 < args.ema < 1:
+        return f"--ema must be in (0, 1), e.g. 0.999, got {args.ema}"
     if not 0 <= args.dropout < 1:
         return f"--dropout must be in [0, 1), got {args.dropout}"
     if not 0 <= args.label_smoothing < 1:
@@ -455,8 +483,6 @@ def bad_value(args: argparse.Namespace) -> str | None:
         return f"--data {args.data}: expected an image folder with train/<class>/ and val/<class>/ subfolders"
     if args.pretrained and args.model == "paper":
         return "--pretrained imagenet loads torchvision's layout; drop --model paper"
-    if args.tta != "none" and not args.evaluate:
-        return "--tta applies to --evaluate CHECKPOINT"
     if args.resume and args.evaluate:
         return "--resume and --evaluate do not go together"
     if args.name is not None and (Path(args.name).name != args.name or args.name in ("", ".", "..")):
@@ -505,6 +531,7 @@ class Training:
     schedule: Schedule
     criterion: torch.nn.Module
     steps_per_epoch: int
+    ema: AveragedModel | None = None  # the moving average of the weights (--ema); ema.module is an AlexNet
     # Crop boxes, flips, lighting (drawn on the CPU): reseeded every epoch.
     augment_rng: torch.Generator = field(default_factory=torch.Generator)
     chance: ChanceWatch = field(default_factory=ChanceWatch)  # is the loss stuck at ln(classes)?
@@ -516,6 +543,7 @@ class Record:
 
     metrics: list[dict] = field(default_factory=list)
     best_top1: float = -1.0
+    best_weights: str = "model"  # which weights best.pt holds: "model", or "ema" (their moving average)
     writer: object = None  # a TensorBoard SummaryWriter, with --tensorboard
     warned_data: bool = False  # the data-wait warning is given once a run
 
@@ -557,9 +585,9 @@ def main(argv: list[str] | None = None) -> None:
         if stopped is not None:  # Ctrl-C or SIGTERM: save where the epoch stopped, and exit
             stop_mid_epoch(run, training, record, epoch, stopped)
         partial = None
-        batches = validation_batches(data, data.preprocess, setup.memory_format, args.max_steps)
-        val = evaluate(forward, batches, setup.amp_dtype, len(data.classes), setup.world_size)
-        finish_epoch(run, training, record, epoch, train, val, started)
+        val = validate(run, forward)
+        ema_val = validate(run, fast_forward(training.ema.module)) if training.ema is not None else None
+        finish_epoch(run, training, record, epoch, train, val, ema_val, started)
         if epoch < args.epochs:
             stop_if_asked(run, epoch)
 
@@ -706,14 +734,21 @@ def load_data_or_exit(args: argparse.Namespace, setup: Setup, config: DataConfig
 def validation_batches(
     data: Data, preprocess, memory_format: torch.memory_format, max_steps: int | None, tta: str = "none"
 ):
-    """Normalised validation batches (images, labels); with tta="10crop", (B, 10, C, S, S) crops."""
+    """Normalised validation batches (images, labels); with a --tta, (B, K, C, S, S): K views of each image."""
     for i, (images, labels) in enumerate(data.val.batches()):
         if max_steps and i >= max_steps:
             return
-        if tta == "10crop":
-            yield ten_crop_transform(images, preprocess), labels
-        else:
+        if tta == "none":
             yield eval_transform(images, preprocess).contiguous(memory_format=memory_format), labels
+        else:
+            yield tta_transform(images, preprocess, tta), labels
+
+
+def validate(run: Run, forward: torch.nn.Module) -> dict:
+    """One pass over the validation set (evaluate's figures), as --tta and --max-steps say."""
+    data, setup, args = run.data, run.setup, run.args
+    batches = validation_batches(data, data.preprocess, setup.memory_format, args.max_steps, args.tta)
+    return evaluate(forward, batches, setup.amp_dtype, len(data.classes), setup.world_size)
 
 
 def evaluate_checkpoint(args: argparse.Namespace, checkpoint: dict, data: Data, setup: Setup) -> None:
@@ -728,7 +763,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: dict, data: Data, 
     batches = validation_batches(data, eval_preset(checkpoint), setup.memory_format, args.max_steps, args.tta)
     with data_errors(args):
         val = evaluate(fast_forward(model), batches, setup.amp_dtype, len(data.classes), setup.world_size)
-    crops = "10-crop" if args.tta == "10crop" else "centre crop"
+    crops = {"none": "centre crop", "flip": "centre crop and its mirror", "10crop": "10-crop"}[args.tta]
     setup.log(
         f"{args.evaluate} ({crops}): validation loss {val['loss']:.3f} "
         f"top-1 {100 * val['top1']:.2f}% top-5 {100 * val['top5']:.2f}%"
@@ -781,7 +816,10 @@ def make_training(
     steps_per_epoch = min(batches, args.max_steps or math.inf)
     schedule = make_schedule(args, steps_per_epoch)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    return Training(model, forward, optimizer, scaler, schedule, criterion, steps_per_epoch)
+    # PAPER: no weight averaging there. A copy of the model that follows its weights slowly (the
+    # first update copies them); a cheap way to the accuracy of a lower learning rate.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
+    return Training(model, forward, optimizer, scaler, schedule, criterion, steps_per_epoch, ema)
 
 
 def make_optimizer(args: argparse.Namespace, model: AlexNet, device: torch.device) -> torch.optim.SGD:
@@ -822,7 +860,11 @@ def restore(run: Run, training: Training, record: Record, resume: dict) -> tuple
     state = resume.get("schedule") or state_from_old_checkpoint(resume, args.lr, args.warmup_steps)
     training.schedule.load_state_dict(state)
     training.scaler.load_state_dict(resume["scaler"])
-    record.best_top1 = resume["best_top1"]
+    record.best_top1, record.best_weights = resume["best_top1"], resume.get("best_weights", "model")
+    if training.ema is not None and resume.get("ema") is not None:
+        training.ema.load_state_dict(resume["ema"])
+    elif training.ema is not None:
+        run.log("note: that run kept no moving average (--ema): it starts now, from the current weights")
     if setup.rank == 0:  # other processes keep their own seeds: exact resumption is a single-process promise
         set_rng_states(resume["rng"], setup.device)
     start_epoch = resume["epoch"] + 1
@@ -934,6 +976,8 @@ def train_one_epoch(
             logits, loss = train_step(training.forward, training.criterion, training.optimizer, training.scaler, x,
                                       labels, setup.amp_dtype)  # fmt: skip
             training.schedule.step += 1
+            if training.ema is not None and training.schedule.step % args.ema_every == 0:
+                training.ema.update_parameters(training.model)
             totals.add(i, logits.detach(), loss.detach(), labels)
             shown = i % show_every == 0 or i == training.steps_per_epoch
             if shown or setup.world_size == 1 and run.stop.signal:
@@ -1020,9 +1064,11 @@ def stop_mid_epoch(run: Run, training: Training, record: Record, epoch: int, par
 
 
 def finish_epoch(
-    run: Run, training: Training, record: Record, epoch: int, train: dict, val: dict, started: float
-) -> None:
-    """The end of an epoch: the schedule, the metrics row and its line, the pictures at the end, the checkpoints."""
+    run: Run, training: Training, record: Record, epoch: int, train: dict, val: dict, ema_val: dict | None,
+    started: float,
+) -> None:  # fmt: skip
+    """The end of an epoch: the schedule, the metrics row and its line, the pictures at the end, the checkpoints.
+    `ema_val`: the validation of the weights' moving average (--ema), or None."""
     args = run.args
     training.schedule.end_epoch(val["top1"])
     row = {
@@ -1033,6 +1079,7 @@ def finish_epoch(
         "val_loss": val["loss"],
         "val_top1": val["top1"],
         "val_top5": val["top5"],
+        **({f"ema_val_{key}": ema_val[key] for key in ("loss", "top1", "top5")} if ema_val else {}),
         "lr": train["lr"],
         "epoch_seconds": time.perf_counter() - started,
         "images_per_second": train["images_per_second"],
@@ -1040,9 +1087,10 @@ def finish_epoch(
         "compute_seconds": train["compute_seconds"],  # the rest of the training time
     }
     waiting = train["data_seconds"] / max(train["data_seconds"] + train["compute_seconds"], 1e-9)
+    ema = f"EMA top-1 {100 * ema_val['top1']:.1f}%  |  " if ema_val else ""
     run.log(
         f"Epoch {epoch}/{args.epochs}  train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}%  |  "
-        f"val loss {val['loss']:.3f} top-1 {100 * val['top1']:.1f}% top-5 {100 * val['top5']:.1f}%  |  "
+        f"val loss {val['loss']:.3f} top-1 {100 * val['top1']:.1f}% top-5 {100 * val['top5']:.1f}%  |  {ema}"
         f"{row['epoch_seconds']:.0f}s  {row['images_per_second']:.0f} img/s, {100 * waiting:.0f}% waiting for data",
         flush=True,
     )
@@ -1053,8 +1101,12 @@ def finish_epoch(
             f"raise --workers (now {args.workers}), keep the images in memory (--loader memory) if they fit, "
             "or read them from a packed copy (--loader packed) when streaming"
         )
-    improved = val["top1"] > record.best_top1
-    record.best_top1 = max(record.best_top1, val["top1"])
+    # best.pt holds the better of the weights and their average (the average wins a tie: it is smoother).
+    best_weights = "ema" if ema_val and ema_val["top1"] >= val["top1"] else "model"
+    top1 = ema_val["top1"] if best_weights == "ema" else val["top1"]
+    improved = top1 > record.best_top1
+    if improved:
+        record.best_top1, record.best_weights = top1, best_weights
     if run.setup.rank != 0:  # rank 0 writes everything
         return
     log_epoch(run.run_dir, record.metrics, row, record.writer)
@@ -1063,7 +1115,10 @@ def finish_epoch(
     state = checkpoint_state(run, training, record, epoch)
     save_atomically(state, run.run_dir / "last.pt")
     if improved:  # what inference needs, without the optimiser's momentum: half the size
-        save_atomically({key: state[key] for key in INFERENCE_KEYS}, run.run_dir / "best.pt")
+        best = {key: state[key] for key in INFERENCE_KEYS}
+        if best_weights == "ema":
+            best["model"] = training.ema.module.state_dict()
+        save_atomically({**best, "weights": best_weights}, run.run_dir / "best.pt")
 
 
 def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, partial: dict | None = None) -> dict:
@@ -1080,6 +1135,8 @@ def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, p
         "epoch": epoch,  # the last completed epoch
         "partial": partial,  # where an interrupted epoch stopped, or None
         "best_top1": record.best_top1,
+        "best_weights": record.best_weights,  # "model", or "ema": best.pt holds the moving average
+        "ema": training.ema.state_dict() if training.ema is not None else None,  # with its count of updates
         "world_size": run.setup.world_size,
         "args": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(run.args).items()},
         "rng": rng_states(run.setup.device),
@@ -1087,7 +1144,8 @@ def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, p
 
 
 def save_pictures(run: Run, model: AlexNet, val: dict) -> None:
-    """The learned filters, sample predictions and the confusion matrix (curves.png is drawn every epoch)."""
+    """The learned filters, sample predictions, the confusion matrix and the nearest neighbours
+    (curves.png is drawn every epoch)."""
     data, run_dir, setup = run.data, run.run_dir, run.setup
     plot_filters(
         model.features[0].weight.detach().float().cpu(), run_dir / "filters.png", groups=model.config["groups"]
@@ -1106,13 +1164,34 @@ def save_pictures(run: Run, model: AlexNet, val: dict) -> None:
         plot_predictions(
             images.cpu(), labels.cpu(), predictions.cpu(), names, run_dir / "predictions.png", confidence.cpu()
         )
+    if data.val.random_access and data.train.random_access:
+        save_neighbours(run, model, names)
+
+
+# PAPER: Figure 4 searched all 1.2 million training images; a seeded sample bounds the time here.
+NEIGHBOUR_SEARCH = 10_000  # training images searched (all of them in a smaller set)
+
+
+def save_neighbours(run: Run, model: AlexNet, names: list[str]) -> None:
+    """neighbours.png, the paper's Figure 4: five validation images, each beside the six training
+    images nearest to it in fc7 (neighbours.py)."""
+    data, setup = run.data, run.setup
+    queries, query_labels = data.val.take(sample_indices(5, len(data.val)))
+    with autocast(setup.device, setup.amp_dtype):
+        search = {"k": 6, "max_images": NEIGHBOUR_SEARCH, "batch_size": run.args.batch_size}
+        indices, _ = nearest_training_images(model, queries, data.train, data.preprocess, **search)
+    images, labels = data.train.take(indices.flatten().tolist())
+    shape = (*indices.shape, *images.shape[1:])  # (Q * 6, C, H, W) -> (Q, 6, C, H, W)
+    plot_neighbours(queries.cpu(), query_labels.cpu(), images.cpu().view(shape), labels.cpu().view(indices.shape),
+                    names, run.run_dir / "neighbours.png")  # fmt: skip
 
 
 def summarize(run: Run, record: Record) -> None:
     if record.metrics:
         total = sum(m["epoch_seconds"] for m in record.metrics)
+        averaged = " (the weights' moving average)" if record.best_weights == "ema" else ""
         run.log(
-            f"Done: best validation top-1 {100 * record.best_top1:.1f}%, {total:.0f}s of training. "
+            f"Done: best validation top-1 {100 * record.best_top1:.1f}%{averaged}, {total:.0f}s of training. "
             f"Checkpoints in {run.run_dir}/"
         )
     samples = sorted((run.run_dir / "samples").glob("*.png"))

@@ -37,7 +37,8 @@ def torchrun(*args: str, cwd: Path, nproc: int = 2, check: bool = True) -> subpr
 
 def test_two_processes_write_one_run_with_exact_validation_and_resume_in_one(tmp_path: Path) -> None:
     # 30 validation images: 15 per process in batches of 8 (8 + 7): nothing dropped or counted twice.
-    result = torchrun(*SHAPES, "--epochs", "2", "--batch-size", "8", "--max-steps", "3", "--name", "ddp", cwd=tmp_path)
+    common = [*SHAPES, "--epochs", "2", "--batch-size", "8", "--max-steps", "3", "--ema", "0.5"]
+    result = torchrun(*common, "--name", "ddp", cwd=tmp_path)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
     run_dir = tmp_path / "runs" / "ddp"
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt"]
@@ -48,6 +49,8 @@ def test_two_processes_write_one_run_with_exact_validation_and_resume_in_one(tmp
     # over the whole validation set, to the same figures the 2-process run reported.
     checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in checkpoint["model"]) and checkpoint["world_size"] == 2
+    # The weights' moving average: the same on every process (their weights are), saved by rank 0.
+    assert int(checkpoint["ema"]["n_averaged"]) == 6 and all("ema_val_top1" in row for row in rows)
     single = run("train.py", *SHAPES, "--evaluate", str(run_dir / "last.pt"), "--batch-size", "8", cwd=tmp_path)
     report = json.loads(single.stdout.strip().splitlines()[-1])
     assert (report["val_top1"], report["val_top5"]) == (rows[-1]["val_top1"], rows[-1]["val_top5"])
@@ -57,6 +60,9 @@ def test_two_processes_write_one_run_with_exact_validation_and_resume_in_one(tmp
     assert "that run had 2 process(es) of batch 8" in result.stdout and "the global batch is now 16" in result.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert (
+        int(torch.load(run_dir / "last.pt", weights_only=True)["ema"]["n_averaged"]) == 6 + 3
+    )  # --max-steps 3 resumed
 
 
 def test_one_step_on_two_processes_equals_one_process_with_the_same_global_batch(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""inference.py's ten-crop testing, --tta and --plot, and torchvision's ImageNet weights (--weights imagenet).
+"""inference.py's flip and ten-crop testing, --tta and --plot, and torchvision's ImageNet weights (--weights imagenet).
 
 CPU only and offline: a tiny-class AlexNet checkpoint for the crops and the command line; for the
 ImageNet weights, torch's download function is replaced by one that fails, and the "cached" file
@@ -23,7 +23,7 @@ from alexnet import AlexNet
 from engine import predict
 from errors import CheckpointError, DownloadError
 from image_files import load_image
-from presets import IMAGENET_PRESET, EvalPreset, eval_transform, ten_crop_transform
+from presets import IMAGENET_PRESET, EvalPreset, eval_transform, flip_transform, ten_crop_transform, tta_transform
 from pretrained import imagenet_cache_path, imagenet_state_dict, load_imagenet_weights
 
 CLASSES, PREPROCESS = CHECKPOINT_CLASSES, CHECKPOINT_PRESET
@@ -86,8 +86,45 @@ def test_predict_tta_none_is_the_centre_crop(loaded: tuple[AlexNet, dict]) -> No
     assert predict(model, meta, [preprocessed], tta="10crop") == predict(model, meta, [image], tta="10crop")
     with pytest.raises(ValueError, match="tta must be"):
         predict(model, meta, [image], tta="5crop")
-    with pytest.raises(ValueError, match=r"\(10, C, S, S\) crops"):
+    with pytest.raises(ValueError, match=r"\(10, C, S, S\) views"):
         predict(model, meta, [preprocessed[0]], tta="10crop")
+
+
+# Flip testing ---------------------------------------------------------------------------------
+
+
+def hand_mirrored(image: torch.Tensor, preprocess: EvalPreset) -> torch.Tensor:
+    """The centre crop of one (C, H, W) uint8 image and its mirror, the mirror made column by column."""
+    crop = eval_transform(image, preprocess)
+    mirror = torch.stack([crop[..., -1 - column] for column in range(crop.shape[-1])], dim=-1)
+    return torch.stack([crop, mirror])
+
+
+def test_flip_transform_is_the_centre_crop_and_its_mirror() -> None:
+    batch = torch.randint(0, 256, (2, 3, 90, 70), dtype=torch.uint8)
+    views = flip_transform(batch, PREPROCESS)
+    assert views.shape == (2, 2, 3, 67, 67) and views.dtype == torch.float32
+    for image, image_views in zip(batch, views):
+        torch.testing.assert_close(image_views, hand_mirrored(image, PREPROCESS), rtol=0, atol=0)
+    assert not torch.equal(views[:, 0], views[:, 1])  # a random image is not its own mirror
+    for tta, shape in [("none", (2, 3, 67, 67)), ("flip", (2, 2, 3, 67, 67)), ("10crop", (2, 10, 3, 67, 67))]:
+        assert tta_transform(batch, PREPROCESS, tta).shape == shape
+
+
+def test_predict_with_flips_averages_the_softmax_of_the_image_and_its_mirror(loaded: tuple[AlexNet, dict]) -> None:
+    model, meta = loaded
+    images = [torch.randint(0, 256, (3, 80 + 10 * i, 75), dtype=torch.uint8) for i in range(3)]
+    with torch.no_grad():
+        expected = [model(hand_mirrored(image, PREPROCESS)).softmax(dim=1).mean(dim=0) for image in images]
+        plain = [model(eval_transform(image, PREPROCESS)[None]).softmax(dim=1)[0] for image in images]
+    assert not any(torch.allclose(e, p) for e, p in zip(expected, plain))  # the mirror changes the answer
+    for batch_size in (64, 2):  # all three images in one forward pass, and one image (2 views) per pass
+        results = predict(model, meta, images, topk=3, batch_size=batch_size, tta="flip")
+        for top, probabilities in zip(results, expected):
+            assert [name for name, _ in top] == [CLASSES[i] for i in probabilities.argsort(descending=True)]
+            torch.testing.assert_close(torch.tensor([p for _, p in top]), probabilities.sort(descending=True).values)
+    with pytest.raises(ValueError, match=r"\(2, C, S, S\) views with tta='flip'"):
+        predict(model, meta, [eval_transform(images[0], PREPROCESS)], tta="flip")
 
 
 # The command line: --tta, --plot --------------------------------------------------------------

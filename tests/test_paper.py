@@ -90,11 +90,12 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_with_ten_crops(tmp_path: Path) -> None:
+def test_evaluate_with_flips_and_ten_crops(tmp_path: Path) -> None:
+    """--tta in training validates every epoch that way; --evaluate with the same --tta repeats it."""
     write_folder(tmp_path / "folder")
-    run("train.py", "--data", "folder", "--image-size", "67", *TINY, "--name", "a", cwd=tmp_path)
+    run("train.py", "--data", "folder", "--image-size", "67", *TINY, "--tta", "flip", "--name", "a", cwd=tmp_path)
     reports = {}
-    for tta in ("none", "10crop"):
+    for tta in ("none", "flip", "10crop"):
         result = run(
             "train.py",
             "--data",
@@ -112,8 +113,9 @@ def test_evaluate_with_ten_crops(tmp_path: Path) -> None:
         reports[tta] = json.loads(result.stdout.strip().splitlines()[-1])
     assert reports["10crop"]["tta"] == "10crop" and 0 <= reports["10crop"]["val_top1"] <= 1
     row = json.loads((tmp_path / "runs" / "a" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert reports["none"]["val_top1"] == row["val_top1"]  # --evaluate repeats the run's own validation
-    assert reports["10crop"]["val_loss"] != reports["none"]["val_loss"]
+    assert reports["flip"]["val_loss"] == pytest.approx(row["val_loss"], rel=1e-6)  # the run's own validation
+    assert reports["flip"]["val_top1"] == row["val_top1"]
+    assert len({reports[tta]["val_loss"] for tta in reports}) == 3  # three different tests
 
 
 @pytest.mark.slow

@@ -197,7 +197,9 @@ def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path
         ),
         (["--dataset", "svhn"], "invalid choice: 'svhn'"),
         (["--weight-decay", "-1"], "--weight-decay cannot be negative"),
-        (["--tta", "10crop"], "--tta applies to --evaluate"),
+        (["--tta", "5crop"], "invalid choice: '5crop'"),
+        (["--ema", "1.5"], "--ema must be in (0, 1)"),
+        (["--ema", "0.99", "--ema-every", "0"], "--ema-every must be at least 1"),
     ],
 )
 def test_bad_flags_exit_2_with_one_message(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:

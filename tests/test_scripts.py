@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, copy_run, run, shared_run
+from conftest import SHARED_DATA, copy_run, png_size, run, shared_run
 from PIL import Image
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interval", "1"]
@@ -61,6 +61,7 @@ def test_train_writes_the_run_directory(shapes_run: Path) -> None:
         assert row["data_seconds"] + row["compute_seconds"] <= row["epoch_seconds"]
     with Image.open(run_dir / "curves.png") as image:
         assert image.format == "PNG" and image.size[0] > 300
+    assert png_size(run_dir / "neighbours.png") == (7 * 160, 5 * 190)  # five queries, six neighbours each
     samples = sorted((run_dir / "samples").glob("*.png"))
     assert len(samples) >= 4
     checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
