@@ -218,6 +218,20 @@ def check_same_model(checkpoint: dict, config: dict, path: Path) -> None:
         )
 
 
+def check_same_classes(checkpoint: dict, classes: list[str], path: Path) -> None:
+    """CheckpointError naming the first classes that differ when a checkpoint was trained on other
+    classes than `classes` (the data's, in label order): the same count is not enough."""
+    saved = checkpoint["classes"]
+    if saved == classes:
+        return
+    if len(saved) != len(classes):
+        raise CheckpointError(f"{path}: the checkpoint has {len(saved)} classes and this data {len(classes)}")
+    differing = [(there, here) for there, here in zip(saved, classes) if there != here]
+    shown = "; ".join(f"{there!r} there, {here!r} here" for there, here in differing[:3])
+    more = f"; and {len(differing) - 3} more" if len(differing) > 3 else ""
+    raise CheckpointError(f"{path}: the checkpoint's classes are not this data's ({shown}{more})")
+
+
 def latest_checkpoint(runs_dir: Path) -> Path | None:
     """best.pt of the most recently modified run directory, if any."""
     candidates = sorted(runs_dir.glob("*/best.pt"), key=lambda path: path.stat().st_mtime)

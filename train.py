@@ -49,6 +49,7 @@ from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE, A
 from atomic_files import save_atomically
 from checkpoints import (
     INFERENCE_KEYS,
+    check_same_classes,
     check_same_model,
     eval_preset,
     read_checked_checkpoint,
@@ -138,7 +139,6 @@ NOT_RESUMED = {
     "loader",
     "pack_dir",
     "pack_format",
-    "data_root",
     "out_dir",
     "name",
     "tensorboard",
@@ -396,6 +396,8 @@ def get_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, dic
     settings = resolve_settings(
         defaults, given, resume["args"] if resume else None, evaluated["preprocess"] if evaluated else None
     )
+    if resume is not None:
+        refuse_a_finished_run(resume, settings["epochs"], resume_file(args.resume))
     return argparse.Namespace(**{**settings, "device": args.device}), resume, evaluated
 
 
@@ -662,6 +664,16 @@ def read_resume(name: str) -> dict:
     return resume
 
 
+def refuse_a_finished_run(resume: dict, epochs: int, path: Path) -> None:
+    """One line, before anything is loaded or written, when --resume names a run with nothing left to train."""
+    done = resume.get("epoch", 0)
+    if done >= epochs and resume.get("partial") is None:
+        raise SystemExit(
+            f"error: --resume {path}: that run has finished its {done} epoch(s); to train on, "
+            f"add --epochs {done + 1} or more (--evaluate {path.parent / 'best.pt'} only evaluates it)"
+        )
+
+
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The data settings, taken from the flags of the same names."""
     normalization = (IMAGENET_MEAN, IMAGENET_STD) if args.pretrained else None  # what the weights expect
@@ -767,11 +779,10 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: dict, data: Data, 
     """--evaluate: the checkpoint's validation loss, top-1 and top-5, with its own preprocessing."""
     model = AlexNet(**checkpoint["model_config"]).to(setup.device, memory_format=setup.memory_format)
     model.load_state_dict(checkpoint["model"])
-    if checkpoint["classes"] != data.classes:
-        raise SystemExit(
-            f"error: --evaluate {args.evaluate}: its classes ({len(checkpoint['classes'])}) "
-            f"are not this data's ({len(data.classes)})"
-        )
+    try:
+        check_same_classes(checkpoint, data.classes, Path(args.evaluate))
+    except CheckpointError as error:
+        raise SystemExit(f"error: --evaluate {error}; evaluate it on the data it was trained on") from None
     batches = validation_batches(data, eval_preset(checkpoint), setup.memory_format, args.max_steps, args.tta)
     with data_errors(args):
         val = evaluate(fast_forward(model), batches, setup.amp_dtype, len(data.classes), setup.world_size)
@@ -802,6 +813,7 @@ def build_model(args: argparse.Namespace, data: Data, resume: dict | None) -> Al
     if resume is not None:
         try:
             check_same_model(resume, model.config, resume_file(args.resume))
+            check_same_classes(resume, data.classes, resume_file(args.resume))
         except CheckpointError as error:
             hint = "resume with the same data and model flags, or start a new run"
             raise SystemExit(f"error: --resume {error}; {hint}") from None

@@ -109,6 +109,46 @@ def test_resume_with_another_model_says_what_differs(one_epoch_run: Path, tmp_pa
 
 
 @pytest.mark.slow
+def test_resuming_a_finished_run_says_how_to_go_on_and_writes_nothing(one_epoch_run: Path, tmp_path: Path) -> None:
+    run_dir = copy_run(one_epoch_run, tmp_path, "done")  # `train.py *SHAPES --epochs 1`: finished
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    result = run("train.py", "--resume", str(run_dir), cwd=tmp_path, check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: --resume {run_dir / 'last.pt'}: that run has finished its 1 epoch(s); to train on, add --epochs 2 "
+        f"or more (--evaluate {run_dir / 'best.pt'} only evaluates it)"
+    ]
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
+
+
+def write_two_classes(root: Path, names: tuple[str, str]) -> Path:
+    for split in ("train", "val"):
+        for label, name in enumerate(names):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (200 * label, 90, 30 * i)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_resume_and_evaluate_refuse_data_of_other_classes_even_of_the_same_count(tmp_path: Path) -> None:
+    write_two_classes(tmp_path / "ab", ("a", "b"))
+    write_two_classes(tmp_path / "xy", ("a", "y"))
+    tiny = ["--image-size", "67", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--amp", "off"]
+    run("train.py", "--data", "ab", *tiny, "--name", "ab", cwd=tmp_path)
+    last = tmp_path / "runs" / "ab" / "last.pt"
+    before = last.read_bytes()
+    result = run("train.py", "--resume", "runs/ab", "--data", "xy", "--epochs", "2", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    differ = "the checkpoint's classes are not this data's ('b' there, 'y' here)"
+    hint = "resume with the same data and model flags, or start a new run"
+    assert result.stderr.strip().splitlines()[-1] == f"error: --resume {Path('runs/ab/last.pt')}: {differ}; {hint}"
+    assert last.read_bytes() == before
+    evaluate = ["--data", "xy", "--evaluate", "runs/ab/best.pt", "--workers", "0"]
+    result = run("train.py", *evaluate, cwd=tmp_path, check=False)
+    assert result.returncode == 1 and f"{differ}; evaluate it on the data it was trained on" in result.stderr
+
+
+@pytest.mark.slow
 def test_resume_under_another_global_batch_is_refused_where_it_would_mislead(
     one_epoch_run: Path, tmp_path: Path
 ) -> None:

@@ -62,6 +62,9 @@ def test_each_source_wins_over_the_ones_above_it_in_the_table() -> None:
     settings = train.resolve_settings(defaults, {"recipe": "paper", "lr": 0.1}, resumed)
     assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (5, 0.1, 128)
     assert settings["workers"] == defaults["workers"] and settings["device"] == "auto" and "gone_flag" not in settings
+    # where the data is comes back too: `--resume` alone continues a `--dataset imagenet --data-root DIR` run
+    settings = train.resolve_settings(defaults, {}, {**resumed, "dataset": "imagenet", "data_root": "/imagenet"})
+    assert (settings["dataset"], settings["data_root"]) == ("imagenet", "/imagenet")
     # --evaluate's checkpoint over the command line, for the model's input
     settings = train.resolve_settings(defaults, {"image_size": 224}, None, {"image_size": 99, "in_channels": 1})
     assert (settings["image_size"], settings["in_channels"]) == (99, 1)
