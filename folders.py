@@ -8,8 +8,10 @@ data/cache/ for the next run; `FolderFiles` decodes file by file for streaming.
 
 import hashlib
 import json
+import os
 import signal
 import sys
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -38,26 +40,59 @@ def folder_classes(root: Path, setting: str = "data") -> list[str]:
             "of images of another class",
             setting,
         )
-    extra = sorted(
-        p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes and p.name[0] != "."
-    )
+    # macOS writes names decomposed (NFD: "e" + an accent), most Linux tools composed (NFC: "é"):
+    # a train/ made on one and a val/ on the other must still match, so names are compared in NFC.
+    normal = [nfc(name) for name in classes]
+    twins = sorted({name for name in normal if normal.count(name) > 1})
+    if twins:
+        raise DataError(
+            f"{root}/train has two class folders named {twins[0]} that differ only in their Unicode form "
+            "(NFC and NFD): merge them into one",
+            setting,
+        )
+    val_names = [p.name for p in (root / "val").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    extra = sorted(name for name in val_names if nfc(name) not in normal)
     if extra:
         raise DataError(
             f"{root}/val/{extra[0]} is a class that {root}/train does not have; "
             "train and val need the same class folders",
             setting,
         )
+    renamed = sorted(name for name in val_names if name not in classes and nfc(name) in normal)
+    if renamed:
+        print(f"note: {len(renamed)} class folder(s) of {root}/val, e.g. {renamed[0]}, match those of train/ only in "
+              "another Unicode form (NFC or NFD: the same letters written differently): taken as the same")  # fmt: skip
     return classes
 
 
-def folder_samples(split_dir: Path, classes: list[str]) -> tuple[list[tuple[Path, int]], list[Path], list[Path]]:
+def nfc(name: str) -> str:
+    """A file name in Unicode's composed form (NFC), in which names are compared."""
+    return unicodedata.normalize("NFC", name)
+
+
+def class_folder(split_dir: Path, name: str) -> Path:
+    """split_dir/<name>, or the folder whose name is `name` in another Unicode form (see folder_classes)."""
+    folder = split_dir / name
+    if folder.is_dir() or not split_dir.is_dir():
+        return folder
+    return next((p for p in split_dir.iterdir() if p.is_dir() and nfc(p.name) == nfc(name)), folder)
+
+
+def folder_samples(
+    split_dir: Path, classes: list[str], setting: str = "data"
+) -> tuple[list[tuple[Path, int]], list[Path], list[Path]]:
     """(path, label) of every image file under split_dir/<class>/, in a fixed order; and the files
     left out: hidden ones (a name starting with "."; macOS's ._ AppleDouble files and .DS_Store,
-    anything in .ipynb_checkpoints/), and those without an image extension."""
+    anything in .ipynb_checkpoints/), and those without an image extension. A broken symbolic link
+    is listed like a file: decoding it then counts it, by name, among the unreadable files. A class
+    folder that cannot be read is a DataError (for `setting`)."""
     samples, hidden, other = [], [], []
     for label, name in enumerate(classes):
-        for path in sorted((split_dir / name).rglob("*")):
-            if not path.is_file():
+        folder = class_folder(split_dir, name)
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+            raise DataError(f"{folder}: cannot be read (permission denied); fix its permissions or remove it", setting)
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() and not (path.is_symlink() and not path.exists()):  # folders; not broken links
                 continue
             if any(part.startswith(".") for part in path.relative_to(split_dir).parts):
                 hidden.append(path)
@@ -223,7 +258,10 @@ def listing_key(split_dir: Path, samples: list, channels: int, size: int) -> tup
     another key."""
     listing = []
     for path, label in samples:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # a broken link: its own size and time
+            stat = path.lstat()
         listing.append((str(path.relative_to(split_dir)), label, stat.st_size, stat.st_mtime_ns))
     folder = str(split_dir.resolve())
     key = hashlib.sha256(json.dumps([CACHE_VERSION, folder, channels, size, listing]).encode()).hexdigest()[:16]

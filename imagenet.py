@@ -167,8 +167,8 @@ class Listing:
 def list_class_folders(root: Path, setting: str) -> Listing:
     """An image folder root/train/<class>/, root/val/<class>/, with names for WordNet-id classes."""
     classes = folder_classes(root, setting)
-    train, train_hidden, train_other = folder_samples(root / "train", classes)
-    val, val_hidden, val_other = folder_samples(root / "val", classes)
+    train, train_hidden, train_other = folder_samples(root / "train", classes, setting)
+    val, val_hidden, val_other = folder_samples(root / "val", classes, setting)
     names = class_names(root, classes, setting)
     return Listing(train, val, classes, names, root / "train", root / "val", train_hidden + val_hidden,
                    train_other + val_other)  # fmt: skip
@@ -236,7 +236,7 @@ def list_kaggle(root: Path, setting: str) -> Listing:
             "partially extracted? unpack the download again",
             setting,
         )
-    train, hidden, other = folder_samples(data / "train", classes)
+    train, hidden, other = folder_samples(data / "train", classes, setting)
     val, val_hidden = kaggle_val(root, data / "val", {wnid: label for label, wnid in enumerate(classes)}, setting)
     names = unique_names(classes, [readable_name(wnid, words[wnid]) for wnid in classes])
     return Listing(train, val, classes, names, data / "train", data / "val", hidden + val_hidden, other)

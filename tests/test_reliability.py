@@ -6,6 +6,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from conftest import ROOT, SCRIPT_ENV, TINY_SHAPES, copy_run, run, shared_run
 from PIL import Image
 
+import folders
 import train
 from atomic_files import save_atomically
 from data_pipeline import DataConfig, load_data
@@ -280,6 +282,39 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path: Path, capsys: pytest
     with pytest.raises(DataError, match=r"3 image files cannot be read \(more than the 2 allowed\)") as caught:
         load(root, tmp_path, max_bad_files=2)
     assert caught.value.setting == "max_bad_files"
+
+
+def test_a_broken_link_is_counted_and_named_like_an_unreadable_file(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "f")
+    (root / "train" / "a" / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    train, *_ = load(root, tmp_path)
+    assert len(train) == 6
+    assert "skipped 1 unreadable image file(s)" in (warning := capsys.readouterr().err) and "gone.png" in warning
+    with pytest.raises(DataError, match=r"1 image files cannot be read \(more than the 0 allowed\), e\.g\. .*gone"):
+        load(root, tmp_path, max_bad_files=0)
+
+
+def test_class_names_match_across_unicode_forms(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    assert decomposed != composed
+    root = write_folder(tmp_path / "f", classes=("a", decomposed))
+    (root / "val" / decomposed).rename(root / "val" / composed)  # val/ written on another system
+    train, val, classes, *_ = load(root, tmp_path)
+    assert classes == ["a", decomposed] and len(val) == 6 and sorted(set(val.labels.tolist())) == [0, 1]
+    assert "match those of train/ only in another Unicode form" in capsys.readouterr().out
+    (root / "train" / composed).mkdir()  # both forms in train/: which one is meant?
+    with pytest.raises(DataError, match=r"two class folders named café that differ only in their Unicode form"):
+        load(root, tmp_path)
+
+
+def test_a_class_folder_that_cannot_be_read_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_folder(tmp_path / "f")
+    locked = root / "train" / "b"
+    real_access = folders.os.access
+    # (as root every folder is readable: the operating system's answer is stood in for)
+    monkeypatch.setattr(folders.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    with pytest.raises(DataError, match=r"train/b: cannot be read \(permission denied\); fix its permissions"):
+        load(root, tmp_path)
 
 
 def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:
