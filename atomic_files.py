@@ -28,8 +28,9 @@ def flush_to_disk(fd: int) -> None:
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """write(file) into a temporary file in the same folder, flushed to disk, then renamed over
-    `path`: a crash or a full disk mid-write leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
+    `path`: a crash or a full disk mid-write leaves the previous file intact. The temporary name
+    carries the process id, so two processes writing the same file never write into one another's."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)

@@ -904,19 +904,39 @@ def restore(run: Run, training: Training, record: Record, resume: dict) -> tuple
 
 
 def new_run_dir(args: argparse.Namespace, setup: Setup, data: Data) -> Path:
-    """runs/<name>/, created by rank 0; an existing one is never reused."""
+    """runs/<name>/, created by rank 0; an existing one is never reused. Without --name, a run started
+    in the same second as another gets the next free suffix (-2, -3, ...)."""
     source = Path(args.data).resolve().name if args.data else args.dataset
     run_dir = Path(args.out_dir) / (args.name or f"{source}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if setup.rank == 0:
-        if run_dir.exists():
-            raise SystemExit(
-                f"error: run directory {run_dir} already exists; choose another --name or --resume {run_dir}"
-            )
-        run_dir.mkdir(parents=True)
-        if data.val.random_access:  # images at hand, without decoding files
-            images, labels = data.val.take(sample_indices(8, len(data.val)))
-            save_samples(images, labels, data.classes, run_dir / "samples")
+    if setup.world_size > 1:  # every process needs rank 0's choice of name
+        names = [run_dir.name if setup.rank == 0 else None]
+        if setup.rank == 0:
+            run_dir = make_run_dir(run_dir, args.name is not None)
+            names = [run_dir.name]
+        dist.broadcast_object_list(names, src=0)
+        run_dir = run_dir.with_name(names[0])
+    else:
+        run_dir = make_run_dir(run_dir, args.name is not None)
+    if setup.rank == 0 and data.val.random_access:  # images at hand, without decoding files
+        images, labels = data.val.take(sample_indices(8, len(data.val)))
+        save_samples(images, labels, data.classes, run_dir / "samples")
     return run_dir
+
+
+def make_run_dir(run_dir: Path, named: bool) -> Path:
+    """Create run_dir (mkdir, which two processes cannot both win), or run_dir-2, -3, ... when not `named`."""
+    for attempt in range(1, 100):
+        candidate = run_dir if attempt == 1 else run_dir.with_name(f"{run_dir.name}-{attempt}")
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            if named:
+                raise SystemExit(
+                    f"error: run directory {run_dir} already exists; choose another --name or --resume {run_dir}"
+                ) from None
+    raise SystemExit(f"error: {run_dir}-2 to -99 exist already; give a --name")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT, SCRIPT_ENV, TINY_SHAPES, copy_run, run, shared_run
 from PIL import Image
 
+import atomic_files
 import folders
 import train
 from atomic_files import save_atomically
@@ -409,3 +410,26 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(
         save_atomically({"epoch": 2, "weights": torch.zeros(3)}, path)
     assert path.read_bytes() == before and torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+
+
+def test_unnamed_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
+    first, second = (train.make_run_dir(tmp_path / "runs" / "shapes-20261202-101500", named=False) for _ in "ab")
+    assert (first.name, second.name) == ("shapes-20261202-101500", "shapes-20261202-101500-2")
+    assert first.is_dir() and second.is_dir()
+    with pytest.raises(SystemExit, match=r"already exists; choose another --name or --resume"):
+        train.make_run_dir(tmp_path / "runs" / "shapes-20261202-101500", named=True)  # a --name is never renamed
+
+
+def test_two_processes_writing_one_file_use_their_own_temporary_files(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "cache.pt"
+    seen = []
+
+    def write(f) -> None:
+        seen.append(Path(f.name).name)
+        f.write(b"x")
+
+    for pid in (101, 202):  # two processes, as os.getpid tells them apart
+        monkeypatch.setattr("atomic_files.os.getpid", lambda pid=pid: pid)
+        atomic_files.write_atomically(target, write)
+    assert seen == ["cache.pt.101.tmp", "cache.pt.202.tmp"] and target.read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt"]
