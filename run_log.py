@@ -78,6 +78,7 @@ class ChanceWatch:
     tolerance: float = 0.03
     steps: int = 0  # steps in a row at chance so far
     warned: bool = False
+    warned_high: bool = False  # the other failure: a loss far above chance (diverging)
 
     def update(self, mean_loss: float, steps: int, num_classes: int) -> bool:
         """True once: the first time the loss has been at chance for `patience` steps."""
@@ -85,6 +86,14 @@ class ChanceWatch:
         self.steps = self.steps + steps if abs(mean_loss - chance) <= self.tolerance * chance else 0
         if self.steps >= self.patience and not self.warned:
             self.warned = True
+            return True
+        return False
+
+    def far_above(self, mean_loss: float, num_classes: int, factor: float = 10.0) -> bool:
+        """True once: the first time the loss is `factor` times chance or more. A network that has
+        learned nothing scores chance; one far above it is being pushed away by too large steps."""
+        if mean_loss >= factor * math.log(num_classes) and not self.warned_high:
+            self.warned_high = True
             return True
         return False
 

@@ -1068,6 +1068,12 @@ def check_progress(run: Run, training: Training, totals: EpochTotals, epoch: int
         show_progress(bar, step, loss_sum / totals.seen, hits / totals.seen, time.perf_counter() - started)
     window_loss, window_seen = loss_sum - totals.synced[0], totals.seen - totals.synced[1]
     totals.synced = (loss_sum, totals.seen)
+    if window_seen and training.chance.far_above(window_loss / window_seen, classes):
+        run.log(
+            f"warning: the training loss is {window_loss / window_seen:.4g} at epoch {epoch}, step {step}, far above "
+            f"chance (ln {classes} = {math.log(classes):.3f}): training is diverging; lower --lr (now {args.lr}) or "
+            f"raise --warmup-steps (now {args.warmup_steps})"
+        )
     if window_seen and training.chance.update(window_loss / window_seen, window_seen // args.batch_size, classes):
         run.log(
             f"warning: the training loss has stayed at chance (ln {classes} = {math.log(classes):.3f}) for "
@@ -1086,12 +1092,13 @@ def stop_if_asked(run: Run, epoch: int) -> None:
         raise SystemExit(128 + run.stop.signal)
 
 
-def diverged(run: Run, epoch: int, step: int, loss: float) -> None:
+def diverged(run: Run, epoch: int, step: int, loss: float, which: str = "training") -> None:
     """Stop on a non-finite loss, pointing at the last good checkpoint (never overwritten with NaNs)."""
     last = run.run_dir / "last.pt"
     where = f"; the last good checkpoint is {last}" if last.exists() else ""
+    when = f"after epoch {epoch}" if which == "validation" else f"at epoch {epoch}, step {step}"
     raise SystemExit(
-        f"error: the training loss became {loss} at epoch {epoch}, step {step}{where} (not overwritten); "
+        f"error: the {which} loss became {loss} {when}{where} (not overwritten); "
         f"lower --lr (now {run.args.lr}) or raise --warmup-steps (now {run.args.warmup_steps})"
     )
 
@@ -1114,6 +1121,8 @@ def finish_epoch(
     """The end of an epoch: the schedule, the metrics row and its line, the pictures at the end, the checkpoints.
     `ema_val`: the validation of the weights' moving average (--ema), or None."""
     args = run.args
+    if not math.isfinite(val["loss"]):  # the weights have blown up: keep the checkpoints of the last good epoch
+        diverged(run, epoch, training.steps_per_epoch, val["loss"], "validation")
     training.schedule.end_epoch(val["top1"])
     row = {
         "epoch": epoch,

@@ -61,3 +61,22 @@ def test_chance_watch_warns_once_after_a_few_hundred_steps_at_chance() -> None:
     assert not watch.update(chance, 250, 10)
     assert watch.update(chance * 0.99, 50, 10)  # 300 steps in a row within 3% of ln 10
     assert not watch.update(chance, 50, 10)  # once a run
+
+
+def test_a_loss_far_above_chance_is_flagged_once() -> None:
+    watch, chance = ChanceWatch(), math.log(10)
+    assert not watch.far_above(chance * 3, 10)  # bad, but a network can come back from there
+    assert watch.far_above(4e12, 10)  # what --lr 0.02 --warmup-steps 1 reached on the built-in data
+    assert not watch.far_above(4e12, 10)  # once a run
+
+
+def test_a_validation_loss_that_is_not_finite_stops_and_writes_no_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    def blown_up(*args, **kwargs) -> dict:  # stands in for engine.evaluate on weights that have blown up
+        return {"loss": math.nan, "top1": 0.1, "top5": 0.5, "confusion": None}
+
+    monkeypatch.setattr(train, "evaluate", blown_up)
+    tiny = ["--train-size", "16", "--val-size", "8", "--batch-size", "8", "--epochs", "1", "--workers", "0"]
+    with pytest.raises(SystemExit) as stopped:
+        train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "nan"])
+    assert str(stopped.value).startswith("error: the validation loss became nan after epoch 1 (not overwritten); lower")
+    assert not list((tmp_path / "nan").glob("*.pt")) and not (tmp_path / "nan" / "metrics.jsonl").exists()
