@@ -3,7 +3,8 @@
     >>> write_atomically(Path("metrics.jsonl"), lambda f: f.write(b'{"epoch": 1}\n'))
 
 `write_atomically` writes into a temporary file beside the target, flushes it to the disk, then
-renames it over the target: readers see the old file or the new one, never a mix. Checkpoints,
+renames it over the target: readers see the old file or the new one, never a mix. A full disk is
+one `DiskFullError` line (the file, what was written, what is free), whatever the writer raised. Checkpoints,
 metrics, result files and packs all write through it (or through `flush_to_disk` for files that
 grow in place). A leaf module: it imports nothing of ours.
 
@@ -12,12 +13,45 @@ checkpoint of AlexNet's size. The test suite, which saves dozens of checkpoints 
 power, sets ALEXNET_SKIP_FSYNC=1 to leave it out; nothing else should.
 """
 
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
+
+
+class DiskFullError(OSError):
+    """A write that ran out of disk space (or quota), as one line naming the file, what was written
+    and what is free there. An OSError (ENOSPC), so that callers catching OSError still catch it."""
+
+    def __init__(self, path: Path, written: int) -> None:
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        needed = f", about {size_text(path.stat().st_size)} needed" if path.is_file() else ""  # the previous version
+        message = (
+            f"{path}: no space left on the disk ({size_text(written)} written when it ran out, "
+            f"{size_text(free)} free in {path.parent}{needed}); free some space or write elsewhere"
+        )
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def size_text(size: int) -> str:
+    return f"{size / 1e9:,.2f} GB" if size >= 1e8 else f"{size / 1e6:,.1f} MB"
+
+
+def out_of_space(error: BaseException | None) -> bool:
+    """Whether `error`, or one it was raised while handling, is a full disk or quota: torch.save turns
+    the OSError into a RuntimeError ("unexpected pos", "file write failed") raised during its handling."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def flush_to_disk(fd: int) -> None:
@@ -37,6 +71,10 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             flush_to_disk(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if out_of_space(error):
+            raise DiskFullError(path, tmp.stat().st_size if tmp.exists() else 0) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE, AlexNet
-from atomic_files import save_atomically
+from atomic_files import DiskFullError, out_of_space, save_atomically
 from checkpoints import (
     INFERENCE_KEYS,
     check_same_classes,
@@ -591,19 +591,20 @@ def main(argv: list[str] | None = None) -> None:
     record.writer = tensorboard_writer(run_dir) if args.tensorboard and setup.rank == 0 else None
     run.log(f"Writing to {run_dir}/")
 
-    # Loop -------------------------------------------------------------------------------------
+    # Loop (a full disk is one line; what was saved before stays) -------------------------------
     run.stop.install()
-    for epoch in range(start_epoch, args.epochs + 1):
-        started = time.perf_counter() - (partial["seconds"] if partial else 0.0)  # an interrupted epoch's time counts
-        train, stopped = train_one_epoch(run, training, epoch, partial, started)
-        if stopped is not None:  # Ctrl-C or SIGTERM: save where the epoch stopped, and exit
-            stop_mid_epoch(run, training, record, epoch, stopped)
-        partial = None
-        val = validate(run, forward)
-        ema_val = validate(run, fast_forward(training.ema.module)) if training.ema is not None else None
-        finish_epoch(run, training, record, epoch, train, val, ema_val, started)
-        if epoch < args.epochs:
-            stop_if_asked(run, epoch)
+    with disk_errors(args):
+        for epoch in range(start_epoch, args.epochs + 1):
+            started = time.perf_counter() - (partial["seconds"] if partial else 0.0)  # an interrupted epoch counts
+            train, stopped = train_one_epoch(run, training, epoch, partial, started)
+            if stopped is not None:  # Ctrl-C or SIGTERM: save where the epoch stopped, and exit
+                stop_mid_epoch(run, training, record, epoch, stopped)
+            partial = None
+            val = validate(run, forward)
+            ema_val = validate(run, fast_forward(training.ema.module)) if training.ema is not None else None
+            finish_epoch(run, training, record, epoch, train, val, ema_val, started)
+            if epoch < args.epochs:
+                stop_if_asked(run, epoch)
 
     # Summary ----------------------------------------------------------------------------------
     summarize(run, record)
@@ -722,6 +723,21 @@ def data_errors(args: argparse.Namespace):
         if error.setting == "dataset" and not args.download:
             line += "; add --download (needs network) or copy the files there"
         raise SystemExit(line) from None
+
+
+@contextlib.contextmanager
+def disk_errors(args: argparse.Namespace):
+    """A full disk (or quota) while a run writes its checkpoints, metrics and pictures, as one line
+    naming --out-dir, the file and the space; the checkpoints written before stay intact."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if not out_of_space(error):
+            raise
+        where = str(error)  # a DiskFullError names the file and the space
+        if not isinstance(error, DiskFullError):  # a picture (matplotlib writes the file itself)
+            where = f"{getattr(error, 'filename', None) or args.out_dir}: no space left on the disk; free some space"
+        raise SystemExit(f"error: --out-dir {args.out_dir}: {where}") from None
 
 
 def load_data_or_exit(args: argparse.Namespace, setup: Setup, config: DataConfig | None = None) -> Data:

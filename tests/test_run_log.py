@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import png_size
 
 import train
@@ -80,3 +81,31 @@ def test_a_validation_loss_that_is_not_finite_stops_and_writes_no_checkpoint(tmp
         train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "nan"])
     assert str(stopped.value).startswith("error: the validation loss became nan after epoch 1 (not overwritten); lower")
     assert not list((tmp_path / "nan").glob("*.pt")) and not (tmp_path / "nan" / "metrics.jsonl").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    import builtins
+
+    import atomic_files
+
+    opened = []
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):  # the second last.pt goes to a disk with no space
+        if str(file).endswith(".tmp") and Path(file).name.startswith("last.pt"):
+            opened.append(file)
+            if len(opened) == 2:
+                return builtins.open("/dev/full", mode, *args, **kwargs)
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_files, "open", open_on_a_full_disk, raising=False)
+    tiny = ["--train-size", "16", "--val-size", "8", "--batch-size", "8", "--epochs", "2", "--workers", "0"]
+    with pytest.raises(SystemExit) as stopped:
+        train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "full"])
+    last = tmp_path / "full" / "last.pt"
+    assert str(stopped.value).startswith(
+        f"error: --out-dir {tmp_path}: {last}: no space left on the disk (0.0 MB written when it ran out, "
+    ), stopped.value
+    assert "free some space or write elsewhere" in str(stopped.value) and "\n" not in str(stopped.value)
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # the first epoch's checkpoint, intact
+    assert not list((tmp_path / "full").glob("*.tmp"))
