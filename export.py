@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from alexnet import AlexNet
+from atomic_files import out_of_space
 from errors import ExportError, first_sentence
 from presets import EvalPreset, eval_transform
 from shapes import make_shapes
@@ -201,9 +202,11 @@ def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp
             for message in LIBRARY_WARNINGS:  # not ours, nothing a user can act on: kept off their terminal
                 warnings.filterwarnings("ignore", message=message)
             (write_onnx if suffix == ".onnx" else write_pt2)(network, example, metadata, tmp)
-    except OSError as error:
-        raise ExportError(f"{path}: cannot write the file ({error.strerror or error})") from None
     except Exception as error:  # the exporters raise many types; one line is what the user needs
+        if out_of_space(error):  # an OSError, or torch.export.save's RuntimeError raised while handling one
+            raise ExportError(f"{path}: no space left on the disk; free some space or export elsewhere") from None
+        if isinstance(error, OSError):
+            raise ExportError(f"{path}: cannot write the file ({error.strerror or error})") from None
         exporter = "torch.onnx.export" if suffix == ".onnx" else "torch.export"
         raise ExportError(f"{path}: {exporter} failed ({type(error).__name__}: {first_sentence(str(error))})") from None
 

@@ -392,3 +392,18 @@ def test_export_and_classify_in_subprocesses(tmp_path: Path, checkpoint_file: Pa
     with_onnx = run("inference.py", *images, "--checkpoint", "m.onnx", "--output", "r.csv", cwd=tmp_path)
     assert with_onnx.stdout == with_checkpoint.stdout and with_onnx.stderr == ""
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("exporter", ["write_onnx", "write_pt2"])
+def test_an_export_onto_a_full_disk_is_one_line(tmp_path: Path, monkeypatch, exporter: str) -> None:
+    def full_disk(*args) -> None:  # as torch.save and torch.export.save fail: a RuntimeError raised in handling
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64") from None
+
+    monkeypatch.setattr(export, exporter, full_disk)
+    path = tmp_path / ("a.onnx" if exporter == "write_onnx" else "a.pt2")
+    with pytest.raises(ExportError) as caught:
+        export.write_exported(torch.nn.Identity(), torch.randn(1, 3), "{}", tmp_path / "tmp", path)
+    assert str(caught.value) == f"{path}: no space left on the disk; free some space or export elsewhere"
