@@ -5,6 +5,11 @@ with `torch.load(weights_only=True)`: a file that would run code when unpickled 
 unread. Every way a file can be unusable is one CheckpointError with a one-line message naming
 the file; train.py (--resume, --evaluate) and inference.py read checkpoints through
 `read_checked_checkpoint`.
+
+`save_checkpoint` stores a CRC-32 of every tensor's bytes beside them ("checksum"), and reading
+checks it: torch.load does not check the data it reads, so bytes flipped on a disk or in a copy
+would otherwise load as weights and give confident nonsense. Files without one (written before)
+are read unchecked.
 """
 
 import pickle
@@ -12,6 +17,8 @@ import random
 import stat
 import warnings
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,6 +26,7 @@ import numpy as np
 import torch
 
 from alexnet import AlexNet
+from atomic_files import save_atomically
 from errors import CheckpointError, first_sentence
 from presets import EvalPreset
 
@@ -70,6 +78,7 @@ def read_checked_checkpoint(path: Path) -> dict:
     and loads checkpoint["model"]; CheckpointError (one line) otherwise."""
     checkpoint = read_checkpoint(path)
     check_checkpoint_contents(checkpoint, path)
+    verify_checksum(checkpoint, path)
     with torch.device("meta"):  # shapes only: no time or memory spent on 58 M real parameters
         model = build_model(checkpoint["model_config"], path)
     check_classes_and_preprocess(checkpoint, model, path)
@@ -96,6 +105,43 @@ def read_checkpoint(path: Path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises UnpicklingError, RuntimeError, EOFError, KeyError, ... on bad files
         raise CheckpointError(f"{path}: {checkpoint_error_reason(path, error)}") from None
+
+
+def tensors_of(value: object, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a checkpoint's nested dicts, lists and tuples, with its place ("model.fc6.weight"), in order."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key != "checksum":
+                yield from tensors_of(item, f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from tensors_of(item, f"{name}.{index}")
+
+
+def checksum(checkpoint: dict) -> str:
+    """CRC-32 of every tensor of `checkpoint`: its place, shape, dtype and bytes (0.14 s for 232 MB on a CPU core)."""
+    crc = 0
+    for name, tensor in tensors_of(checkpoint):
+        crc = zlib.crc32(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode(), crc)
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # the bytes of any dtype
+        crc = zlib.crc32(data.numpy(), crc)
+    return f"{crc:08x}"
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write a checkpoint atomically, with the checksum that reading it verifies."""
+    save_atomically({**checkpoint, "checksum": checksum(checkpoint)}, path)
+
+
+def verify_checksum(checkpoint: dict, path: Path) -> None:
+    """CheckpointError when the tensors read are not those written (a file without a checksum passes)."""
+    if "checksum" in checkpoint and checksum(checkpoint) != checkpoint["checksum"]:
+        raise CheckpointError(
+            f"{path}: damaged: its tensors are not the ones written (their checksum differs: bytes changed on the "
+            "disk or in a copy); use another copy (last.pt and best.pt are separate files) or train again"
+        )
 
 
 def checkpoint_error_reason(path: Path, error: Exception) -> str:

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE, AlexNet
-from atomic_files import DiskFullError, out_of_space, save_atomically
+from atomic_files import DiskFullError, out_of_space
 from checkpoints import (
     INFERENCE_KEYS,
     check_same_classes,
@@ -54,6 +54,7 @@ from checkpoints import (
     eval_preset,
     read_checked_checkpoint,
     rng_states,
+    save_checkpoint,
     set_rng_states,
 )
 from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, load_data, stored_bytes
@@ -1122,7 +1123,7 @@ def diverged(run: Run, epoch: int, step: int, loss: float, which: str = "trainin
 def stop_mid_epoch(run: Run, training: Training, record: Record, epoch: int, partial: dict) -> None:
     """Save a checkpoint that resumes at the next step of this epoch, and stop (exit 130 or 143)."""
     if run.setup.rank == 0:
-        save_atomically(checkpoint_state(run, training, record, epoch - 1, partial), run.run_dir / "last.pt")
+        save_checkpoint(checkpoint_state(run, training, record, epoch - 1, partial), run.run_dir / "last.pt")
     run.log(
         f"{run.stop.name()}: stopped at epoch {epoch}, step {partial['batch']}/{training.steps_per_epoch}; "
         f"saved {run.run_dir / 'last.pt'}. Resume with: python train.py --resume {run.run_dir}"
@@ -1182,12 +1183,12 @@ def finish_epoch(
     if epoch == args.epochs or run.stop.signal:  # the other pictures once, at the end (a second or two each)
         save_pictures(run, training.model, val)
     state = checkpoint_state(run, training, record, epoch)
-    save_atomically(state, run.run_dir / "last.pt")
+    save_checkpoint(state, run.run_dir / "last.pt")
     if improved:  # what inference needs, without the optimiser's momentum: half the size
         best = {key: state[key] for key in INFERENCE_KEYS}
         if best_weights == "ema":
             best["model"] = training.ema.module.state_dict()
-        save_atomically({**best, "weights": best_weights}, run.run_dir / "best.pt")
+        save_checkpoint({**best, "weights": best_weights}, run.run_dir / "best.pt")
 
 
 def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, partial: dict | None = None) -> dict:

@@ -595,3 +595,26 @@ def tiny_model(channels: int) -> AlexNet:
         torch.manual_seed(0)
         MODELS[channels] = AlexNet(num_classes=len(CLASSES), in_channels=channels).eval()
     return MODELS[channels]
+
+
+def test_flipped_bytes_in_a_checkpoints_tensors_are_found(tmp_path: Path) -> None:
+    """torch.load reads damaged tensor data without a word; the checksum save_checkpoint stores catches it."""
+    from alexnet import AlexNet
+    from checkpoints import read_checked_checkpoint, save_checkpoint
+    from errors import CheckpointError
+
+    torch.manual_seed(0)
+    model = AlexNet(3)
+    preprocess = {"image_size": 67, "resize_size": 67, "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
+    state = {"model": model.state_dict(), "model_config": model.config, "classes": ["a", "b", "c"],
+             "preprocess": preprocess, "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}}}  # fmt: skip
+    path = tmp_path / "best.pt"
+    save_checkpoint(state, path)
+    assert read_checked_checkpoint(path)["checksum"]  # an intact file reads
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside fc6's weight, the bulk of the file
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["model"].keys() == state["model"].keys()  # torch sees nothing
+    with pytest.raises(CheckpointError, match=r"best\.pt: damaged: its tensors are not the ones written"):
+        read_checked_checkpoint(path)
