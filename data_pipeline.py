@@ -87,6 +87,7 @@ class DataConfig:
     normalization: tuple[list[float], list[float]] | None = None  # (mean, std); None: measured on the data
     loader: str = "auto"  # image folders: one of LOADERS
     pack_dir: str | None = None  # where packed copies live (packs.py); None: <data_root>/packs
+    cache_dir: str | None = None  # where the decode cache lives; None: <data_root>/cache, or data/cache if read-only
     pack_format: str = "raw"  # one of packs.PACK_FORMATS: raw uint8 (fastest to read) or JPEG (a tenth of the disk)
     workers: int = field(default_factory=default_workers)  # image folders: decoding processes, pack-reading threads
     # PAPER: batch 128 there (train.py --recipe paper). 64 takes twice the steps for the same images,
@@ -473,12 +474,27 @@ def decode_folder_splits(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Both splits of an image folder decoded (or read from the decode cache), unreadable files
     counted against config.max_bad_files -> train images, labels, val images, labels."""
-    cache_dir = Path(config.data_root) / "cache"
+    cache_dir = Path(config.cache_dir) if config.cache_dir else decode_cache_dir(Path(config.data_root))
     decode = {"channels": channels, "size": store_size, "workers": config.workers, "cache_dir": cache_dir}
     train_images, train_labels, bad = cached_decode(listing.train_dir, listing.train, **decode)
     val_images, val_labels, bad_val = cached_decode(listing.val_dir, listing.val, **decode)
     report_bad_files(bad + bad_val, config.max_bad_files)
     return train_images, train_labels, val_images, val_labels
+
+
+FALLBACK_CACHE_DIR = Path("data") / "cache"  # the default data root's, under the working directory
+
+
+def decode_cache_dir(data_root: Path) -> Path:
+    """<data_root>/cache, or data/cache (with a note) where data_root cannot be written: ImageNet on
+    read-only shared storage would otherwise be decoded again by every run."""
+    default = data_root / "cache"
+    nearest = next((path for path in (default, *default.parents) if path.exists()), Path("."))
+    if os.access(nearest, os.W_OK | os.X_OK) or default.resolve() == FALLBACK_CACHE_DIR.resolve():
+        return default
+    print(f"note: {data_root} cannot be written (read-only data?): the decode cache goes to {FALLBACK_CACHE_DIR}/ "
+          "instead (cache_dir, train.py --cache-dir, chooses another)")  # fmt: skip
+    return FALLBACK_CACHE_DIR
 
 
 def report_bad_files(bad: list[str], max_bad_files: int) -> None:

@@ -285,7 +285,8 @@ def cached_decode(split_dir: Path, samples: list, channels: int, size: int, work
             stale.unlink()
         save_atomically({"images": images, "labels": labels, "bad": bad}, path)
     except OSError as error:  # read-only or full disk: train anyway, without the cache
-        print(f"warning: could not write the cache {path} ({error})", file=sys.stderr)
+        print(f"warning: could not write the cache {path} ({error}); the next run decodes again: "
+              "give a writable cache_dir (train.py --cache-dir)", file=sys.stderr)  # fmt: skip
     return images, labels, bad
 
 

@@ -140,6 +140,7 @@ NOT_RESUMED = {
     "loader",
     "pack_dir",
     "pack_format",
+    "cache_dir",
     "out_dir",
     "name",
     "tensorboard",
@@ -226,6 +227,12 @@ def add_data_flags(group: argparse._ArgumentGroup, defaults: DataConfig) -> None
         "--pack-dir",
         default=defaults.pack_dir,
         help="where packed copies are written (put them on a fast disk); default: DATA_ROOT/packs",
+    )
+    group.add_argument(
+        "--cache-dir",
+        default=defaults.cache_dir,
+        help="where image folders' decode cache is kept; default: DATA_ROOT/cache, or data/cache where that "
+        "cannot be written",
     )
     group.add_argument(
         "--pack-format",

@@ -233,6 +233,24 @@ def test_cache_is_reused_and_invalidated_when_files_change(tmp_path: Path, monke
     assert len(calls) == 2 and len(grown) == 13
 
 
+def test_the_cache_goes_where_cache_dir_says_or_beside_us_when_the_data_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    root = write_folder(tmp_path / "folder")
+    folder_data(root, tmp_path, cache_dir=str(tmp_path / "fast"))
+    assert len(list((tmp_path / "fast").glob("folder-train-*.pt"))) == 1 and not (tmp_path / "data").exists()
+    # A data root that cannot be written (ImageNet on shared storage; as root every folder can be
+    # written, so the operating system's answer is stood in for): data/cache under the working directory.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real_access = data_pipeline.os.access
+    monkeypatch.setattr(data_pipeline.os, "access", lambda path, mode: Path(path) != shared and real_access(path, mode))
+    monkeypatch.chdir(tmp_path)
+    folder_data(root, tmp_path, data_root=str(shared))
+    assert "note: " + str(shared) + " cannot be written (read-only data?)" in capsys.readouterr().out
+    assert len(list((tmp_path / "data" / "cache").glob("folder-train-*.pt"))) == 1 and not list(shared.iterdir())
+
+
 def test_damaged_cache_is_decoded_again(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "folder")
     train, *_ = folder_data(root, tmp_path)
