@@ -14,7 +14,9 @@ logits (B, num_classes); the preprocessing is not inside it but described beside
 names, the EvalPreset (input side, resize side, mean, std, channels) and the model_config are one
 JSON object, under the key "alexnet" of the ONNX file's metadata_props, or in the .pt2 archive as
 the extra file "alexnet.json". `load_exported` reads it back, so that inference preprocesses an
-image for the exported file exactly as for the checkpoint.
+image for the exported file exactly as for the checkpoint. Beside it, "alexnet.checksum" holds a
+CRC-32 of the weights as written (checkpoints.checksum), which `load_exported` checks: a file
+damaged on a disk or in a copy is one ExportError, not confident nonsense.
 
 Before a file is kept, `export_model` runs it (ONNX through ONNX Runtime) on random inputs and on
 rendered images (shapes.py, plus any images given), as a batch of one and as a larger batch, and
@@ -25,6 +27,7 @@ onnx, onnxscript and onnxruntime are needed only for .onnx files, and imported o
 them, ExportError says what to install.
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -37,12 +40,14 @@ from torch import nn
 
 from alexnet import AlexNet
 from atomic_files import out_of_space
+from checkpoints import checksum
 from errors import ExportError, first_sentence
 from presets import EvalPreset, eval_transform
 from shapes import make_shapes
 
 EXPORT_FORMATS = (".onnx", ".pt2")
 METADATA_KEY = "alexnet"  # the ONNX metadata_props key; the .pt2 extra file is METADATA_KEY + ".json"
+CHECKSUM_KEY = "alexnet.checksum"  # beside it: a CRC-32 of the weights, verified when the file is read
 METADATA_FORMAT = "alexnet-export-1"  # bumped if the metadata's meaning changes
 PARITY_TOLERANCE = 1e-4  # largest |logit difference| allowed between the exported file and the checkpoint, fp32
 PARITY_BATCH = 4  # the larger batch of the parity check (the other is a batch of one)
@@ -214,8 +219,22 @@ def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp
 def write_pt2(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
     """torch.export the network with a dynamic batch and save it, the metadata as an extra file."""
     program = torch.export.export(network, (example,), dynamic_shapes=dynamic_batch())
+    extra_files = {f"{METADATA_KEY}.json": metadata, CHECKSUM_KEY: program_checksum(program)}
     with open(tmp, "wb") as file:  # a file object: torch.export.save would warn about the temporary name
-        torch.export.save(program, file, extra_files={f"{METADATA_KEY}.json": metadata})
+        torch.export.save(program, file, extra_files=extra_files)
+
+
+def program_checksum(program: torch.export.ExportedProgram) -> str:
+    """CRC-32 of an exported program's weights (checkpoints.checksum)."""
+    return checksum({"state_dict": dict(program.state_dict), "constants": dict(program.constants)})
+
+
+def onnx_checksum(model: object) -> str:
+    """CRC-32 of an ONNX model's weights, its initializers (checkpoints.checksum)."""
+    from onnx import numpy_helper
+
+    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
+    return checksum(weights)
 
 
 def write_onnx(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
@@ -231,6 +250,11 @@ def write_onnx(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Pa
     )
     program.model.metadata_props[METADATA_KEY] = metadata
     program.save(str(tmp))
+    import onnx  # the weights as written, read back: their checksum goes beside the metadata
+
+    model = onnx.load(str(tmp))
+    model.metadata_props.add(key=CHECKSUM_KEY, value=onnx_checksum(model))
+    onnx.save(model, str(tmp))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +312,12 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     path = Path(path)
     suffix = export_format(path)
     check_readable(path)
-    network, metadata = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
+    network, metadata, stored, computed = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
+    if stored is not None and stored != computed:
+        raise ExportError(
+            f"{path}: damaged: its weights are not the ones written (their checksum differs: bytes changed on the "
+            "disk or in a copy); copy it again or export it again from its checkpoint"
+        )
     return network, meta_from_metadata(metadata, path)
 
 
@@ -301,7 +330,8 @@ def check_readable(path: Path) -> None:
         raise ExportError(f"{path}: empty file (0 bytes); was it written or copied completely?")
 
 
-def load_onnx(path: Path) -> tuple[nn.Module, str | None]:
+def load_onnx(path: Path) -> tuple[nn.Module, str | None, str | None, str | None]:
+    """(the network on ONNX Runtime, its metadata, the checksum stored, the checksum of its weights)."""
     require_onnx(path, export=False)
     import onnxruntime
 
@@ -313,11 +343,19 @@ def load_onnx(path: Path) -> tuple[nn.Module, str | None]:
     except Exception as error:  # onnxruntime's own exception types: InvalidProtobuf, Fail, ...
         reason = first_sentence(str(error).split(" : ")[-1].split("failed:")[-1])  # without the path again
         raise ExportError(f"{path}: not an ONNX model that ONNX Runtime can load ({reason})") from None
-    return OnnxRuntimeModel(session), session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    properties = session.get_modelmeta().custom_metadata_map
+    stored = properties.get(CHECKSUM_KEY)
+    computed = stored
+    if stored is not None and importlib.util.find_spec("onnx") is not None:  # in requirements.txt; else unchecked
+        import onnx  # ONNX Runtime does not show the weights: read them once more
+
+        computed = onnx_checksum(onnx.load(str(path)))
+    return OnnxRuntimeModel(session), properties.get(METADATA_KEY), stored, computed
 
 
-def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | None]:
-    extra_files = {f"{METADATA_KEY}.json": ""}
+def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | None, str | None, str | None]:
+    """(the network, its metadata, the checksum stored, the checksum of its weights)."""
+    extra_files = {f"{METADATA_KEY}.json": "", CHECKSUM_KEY: ""}
     logger = logging.getLogger("torch.export")  # which logs a traceback before raising on a bad file
     level = logger.level
     try:
@@ -328,7 +366,9 @@ def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | N
         raise ExportError(f"{path}: not a .pt2 file that torch.export.load can read ({reason})") from None
     finally:
         logger.setLevel(level)
-    return program.module().to(device), extra_files[f"{METADATA_KEY}.json"] or None
+    stored = extra_files[CHECKSUM_KEY] or None
+    computed = program_checksum(program) if stored is not None else None
+    return program.module().to(device), extra_files[f"{METADATA_KEY}.json"] or None, stored, computed
 
 
 def meta_from_metadata(metadata: str | bytes | None, path: Path) -> dict:

@@ -407,3 +407,17 @@ def test_an_export_onto_a_full_disk_is_one_line(tmp_path: Path, monkeypatch, exp
     with pytest.raises(ExportError) as caught:
         export.write_exported(torch.nn.Identity(), torch.randn(1, 3), "{}", tmp_path / "tmp", path)
     assert str(caught.value) == f"{path}: no space left on the disk; free some space or export elsewhere"
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_an_exported_file_with_flipped_bytes_is_refused_as_damaged(
+    exported: dict[str, tuple[Path, str]], suffix: str, tmp_path: Path
+) -> None:
+    data = bytearray(exported[suffix][0].read_bytes())
+    middle = len(data) // 2  # inside fc6's weight, the bulk of the file
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    damaged = tmp_path / f"damaged{suffix}"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=r"damaged: its weights are not the ones written \(their checksum differs"):
+        load_exported(damaged)
+    load_exported(exported[suffix][0])  # the intact file reads
