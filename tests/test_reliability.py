@@ -406,8 +406,9 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(atomic_files.DiskFullError, match=r"last\.pt: no space left on the disk \(") as caught:
         save_atomically({"epoch": 2, "weights": torch.zeros(3)}, path)
+    assert isinstance(caught.value, OSError) and caught.value.errno == 28  # still an OSError for those who catch one
     assert path.read_bytes() == before and torch.load(path, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
 
