@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = DataConfig()  # the library's defaults are the data flags' defaults
     add_data_flags(parser.add_argument_group("data"), defaults)
+    add_loading_flags(parser.add_argument_group("loading"), defaults)
     add_model_flags(parser.add_argument_group("model"))
     add_optimisation_flags(parser.add_argument_group("optimisation"), defaults)
     add_run_flags(parser, defaults)
@@ -215,6 +216,10 @@ def add_data_flags(group: argparse._ArgumentGroup, defaults: DataConfig) -> None
         choices=["imagenet", "data"],
         help="principal components for --lighting: ImageNet's (the paper's) or computed from the training images",
     )
+
+
+def add_loading_flags(group: argparse._ArgumentGroup, defaults: DataConfig) -> None:
+    """How image folders are read: the loader, where decoded copies go, the workers, bad files."""
     group.add_argument(
         "--loader",
         default=defaults.loader,
