@@ -123,19 +123,10 @@ def test_resuming_a_finished_run_says_how_to_go_on_and_writes_nothing(one_epoch_
     assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
 
 
-def write_two_classes(root: Path, names: tuple[str, str]) -> Path:
-    for split in ("train", "val"):
-        for label, name in enumerate(names):
-            (root / split / name).mkdir(parents=True)
-            for i in range(4):
-                Image.new("RGB", (40, 40), (200 * label, 90, 30 * i)).save(root / split / name / f"{i}.png")
-    return root
-
-
 @pytest.mark.slow
 def test_resume_and_evaluate_refuse_data_of_other_classes_even_of_the_same_count(tmp_path: Path) -> None:
-    write_two_classes(tmp_path / "ab", ("a", "b"))
-    write_two_classes(tmp_path / "xy", ("a", "y"))
+    write_folder(tmp_path / "ab", ("a", "b"), per_class=4)
+    write_folder(tmp_path / "xy", ("a", "y"), per_class=4)
     tiny = ["--image-size", "67", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--amp", "off"]
     run("train.py", "--data", "ab", *tiny, "--name", "ab", cwd=tmp_path)
     last = tmp_path / "runs" / "ab" / "last.pt"
