@@ -314,11 +314,15 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     check_readable(path)
     network, metadata, stored, computed = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
     if stored is not None and stored != computed:
-        raise ExportError(
-            f"{path}: damaged: its weights are not the ones written (their checksum differs: bytes changed on the "
-            "disk or in a copy); copy it again or export it again from its checkpoint"
-        )
+        raise damaged(path)
     return network, meta_from_metadata(metadata, path)
+
+
+def damaged(path: Path) -> ExportError:
+    return ExportError(
+        f"{path}: damaged: its weights are not the ones written (their checksum differs: bytes changed on the "
+        "disk or in a copy); copy it again or export it again from its checkpoint"
+    )
 
 
 def check_readable(path: Path) -> None:
@@ -362,6 +366,8 @@ def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | N
         logger.setLevel(logging.ERROR)
         program = torch.export.load(path, extra_files=extra_files)
     except Exception as error:  # a zip archive of something else, not a zip archive, truncated, ...
+        if "Bad CRC-32" in str(error):  # older torch checks the archive's own checksums as it reads
+            raise damaged(path) from None
         reason = f"{type(error).__name__}: {first_sentence(str(error))}"
         raise ExportError(f"{path}: not a .pt2 file that torch.export.load can read ({reason})") from None
     finally:
