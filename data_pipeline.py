@@ -373,7 +373,7 @@ def list_dataset(config: DataConfig) -> Listing:
         listing = list_imagenet(Path(config.data_root), "data_root")
     else:
         listing = list_class_folders(Path(config.data), "data")
-    report_left_out(listing.hidden, listing.other)
+    report_left_out(listing.hidden, listing.other, listing.image_named)
     setting = "data_root" if config.source == "imagenet" else "data"
     check_samples(listing.train_dir.parent, listing.classes, listing.train, listing.val, setting)
     return listing

@@ -80,19 +80,22 @@ def class_folder(split_dir: Path, name: str) -> Path:
 
 def folder_samples(
     split_dir: Path, classes: list[str], setting: str = "data"
-) -> tuple[list[tuple[Path, int]], list[Path], list[Path]]:
-    """(path, label) of every image file under split_dir/<class>/, in a fixed order; and the files
-    left out: hidden ones (a name starting with "."; macOS's ._ AppleDouble files and .DS_Store,
-    anything in .ipynb_checkpoints/), and those without an image extension. A broken symbolic link
-    is listed like a file: decoding it then counts it, by name, among the unreadable files. A class
-    folder that cannot be read is a DataError (for `setting`)."""
-    samples, hidden, other = [], [], []
+) -> tuple[list[tuple[Path, int]], list[Path], list[Path], list[Path]]:
+    """(path, label) of every image file under split_dir/<class>/, in a fixed order; the files left
+    out: hidden ones (a name starting with "."; macOS's ._ AppleDouble files and .DS_Store, anything
+    in .ipynb_checkpoints/), and those without an image extension; and the folders named like image
+    files (x.jpg/), whose images are read like any subfolder's but which the user should hear of. A
+    broken symbolic link is listed like a file: decoding it then counts it, by name, among the
+    unreadable files. A class folder that cannot be read is a DataError (for `setting`)."""
+    samples, hidden, other, image_named = [], [], [], []
     for label, name in enumerate(classes):
         folder = class_folder(split_dir, name)
         if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
             raise DataError(f"{folder}: cannot be read (permission denied); fix its permissions or remove it", setting)
         for path in sorted(folder.rglob("*")):
             if not path.is_file() and not (path.is_symlink() and not path.exists()):  # folders; not broken links
+                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_dir():
+                    image_named.append(path)
                 continue
             if any(part.startswith(".") for part in path.relative_to(split_dir).parts):
                 hidden.append(path)
@@ -100,17 +103,21 @@ def folder_samples(
                 samples.append((path, label))
             else:
                 other.append(path)
-    return samples, hidden, other
+    return samples, hidden, other, image_named
 
 
-def report_left_out(hidden: list[Path], other: list[Path]) -> None:
-    """One line for each kind of file an image folder's listing left out, with a count and an example."""
+def report_left_out(hidden: list[Path], other: list[Path], image_named: list[Path]) -> None:
+    """One line for each kind of file an image folder's listing left out, with a count and an example,
+    and one for the folders named like image files."""
     if hidden:
         print(f"note: skipped {len(hidden)} hidden file(s) (names starting with '.', such as macOS's ._ "
               f"AppleDouble files), e.g. {hidden[0]}")  # fmt: skip
     if other:
         print(f"note: skipped {len(other)} file(s) without an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}), "
               f"e.g. {other[0]}; rename any images among them to use them")  # fmt: skip
+    if image_named:
+        print(f"note: {len(image_named)} folder(s) named like an image file, e.g. {image_named[0]}/: the images "
+              "inside are read as their class's; rename the folder if it should have been a file")  # fmt: skip
 
 
 def check_samples(root: Path, classes: list[str], train: list, val: list, setting: str = "data") -> None:

@@ -162,16 +162,17 @@ class Listing:
     val_dir: Path
     hidden: list[Path]  # files left out of the listing (see folders.report_left_out)
     other: list[Path]
+    image_named: list[Path]  # folders named like image files (x.jpg/), read as folders
 
 
 def list_class_folders(root: Path, setting: str) -> Listing:
     """An image folder root/train/<class>/, root/val/<class>/, with names for WordNet-id classes."""
     classes = folder_classes(root, setting)
-    train, train_hidden, train_other = folder_samples(root / "train", classes, setting)
-    val, val_hidden, val_other = folder_samples(root / "val", classes, setting)
+    train, train_hidden, train_other, train_named = folder_samples(root / "train", classes, setting)
+    val, val_hidden, val_other, val_named = folder_samples(root / "val", classes, setting)
     names = class_names(root, classes, setting)
     return Listing(train, val, classes, names, root / "train", root / "val", train_hidden + val_hidden,
-                   train_other + val_other)  # fmt: skip
+                   train_other + val_other, train_named + val_named)  # fmt: skip
 
 
 def list_imagenet(root: Path, setting: str) -> Listing:
@@ -236,10 +237,10 @@ def list_kaggle(root: Path, setting: str) -> Listing:
             "partially extracted? unpack the download again",
             setting,
         )
-    train, hidden, other = folder_samples(data / "train", classes, setting)
+    train, hidden, other, image_named = folder_samples(data / "train", classes, setting)
     val, val_hidden = kaggle_val(root, data / "val", {wnid: label for label, wnid in enumerate(classes)}, setting)
     names = unique_names(classes, [readable_name(wnid, words[wnid]) for wnid in classes])
-    return Listing(train, val, classes, names, data / "train", data / "val", hidden + val_hidden, other)
+    return Listing(train, val, classes, names, data / "train", data / "val", hidden + val_hidden, other, image_named)
 
 
 def kaggle_val(root: Path, val_dir: Path, labels: dict[str, int], setting: str) -> tuple[list, list[Path]]:

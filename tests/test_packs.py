@@ -62,7 +62,7 @@ def write_folder(root: Path, train: int = 34, val: int = 5, seed: int = 0, unrea
 
 
 def samples_of(root: Path, split: str) -> list:
-    samples, hidden, other = folder_samples(root / split, CLASSES)
+    samples, hidden, other, _ = folder_samples(root / split, CLASSES)
     assert not hidden and not other
     return samples
 

@@ -286,6 +286,18 @@ def test_a_broken_link_is_counted_and_named_like_an_unreadable_file(tmp_path: Pa
         load(root, tmp_path, max_bad_files=0)
 
 
+def test_a_folder_named_like_an_image_is_read_as_a_folder_and_named(tmp_path: Path, capsys) -> None:
+    root = write_folder(tmp_path / "f")
+    odd = root / "train" / "a" / "x.jpg"
+    odd.mkdir()  # say, an archive unpacked under the name of the file it should have been
+    (root / "train" / "a" / "0.png").rename(odd / "0.png")
+    train, *_ = load(root, tmp_path)
+    assert len(train) == 6  # its image is still one of class a's
+    note = capsys.readouterr().out
+    assert f"note: 1 folder(s) named like an image file, e.g. {odd}/: the images inside are read" in note
+    assert "rename the folder if it should have been a file" in note
+
+
 def test_class_names_match_across_unicode_forms(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
     assert decomposed != composed
