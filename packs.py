@@ -9,8 +9,9 @@ the other, so that an epoch reads bytes instead of decoding full-size JPEGs agai
         images.u8      raw: N x R x R x C uint8 (height, width, channels: the layout JPEG decoders
                        give, and channels_last for the network); unreadable files leave zeros
         images.jpg     JPEG: each readable image as a JPEG file at JPEG_QUALITY, one after the other
-        index.npy      (2, M) int64: the row and the label of each of the M readable images; JPEG:
-                       (4, M), with where its bytes start in images.jpg and how many they are
+        index.npy      (3, M) int64: the row, the label and the CRC-32 of the bytes of each of the M
+                       readable images, checked as each is read; JPEG: (5, M), with where its bytes
+                       start in images.jpg and how many they are
         pack.json      what was packed, and from what (the folder's listing_key); written last,
                        so a pack without it is never read as complete
         progress.jsonl while packing: one line per finished chunk (resumes after Ctrl-C or a crash)
@@ -34,6 +35,7 @@ import shutil
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,7 @@ from atomic_files import flush_to_disk, write_atomically
 from errors import BadImageError, DataError
 from folders import decode_for_store, ignore_ctrl_c, listing_key, listing_name
 
-PACK_VERSION = 1  # bump when the layout changes, so that older packs are built again
+PACK_VERSION = 2  # (2: with each image's checksum) bump when the layout changes, so that older packs are built again
 PACK_FORMATS = ("raw", "jpeg")
 CHUNK = 64  # images decoded and written by one worker at a time: the unit of progress and of resuming
 JPEG_QUALITY = 90  # measured on 256 px photos: ~20 KB an image, pixels 2.8/255 from raw on average
@@ -67,8 +69,8 @@ def pack_folder(
 
 
 def read_pack(path: Path, key: str) -> dict | None:
-    """A complete, current pack's metadata (pack.json with the index arrays "rows", "labels" and, for
-    JPEG packs, "starts" and "lengths" added), or None: not packed, half-packed, packed from other
+    """A complete, current pack's metadata (pack.json with the index arrays "rows", "labels", "crcs" and,
+    for JPEG packs, "starts" and "lengths" added), or None: not packed, half-packed, packed from other
     files, or damaged (then a warning line)."""
     try:
         meta = json.loads((path / "pack.json").read_text())
@@ -89,7 +91,7 @@ def read_pack(path: Path, key: str) -> dict | None:
     if not complete:
         print(f"warning: the pack {path} is incomplete (damaged?); packing again", file=sys.stderr)
         return None
-    return {**meta, **dict(zip(("rows", "labels", "starts", "lengths"), index))}
+    return {**meta, **dict(zip(("rows", "labels", "crcs", "starts", "lengths"), index))}
 
 
 def build_pack(
@@ -130,7 +132,11 @@ def finish_pack(
     bad = sorted(row for entry in done.values() for row in entry["bad"])
     readable = np.setdiff1d(np.arange(len(samples)), np.asarray(bad, dtype=np.int64))
     labels = np.asarray([samples[row][1] for row in readable.tolist()], dtype=np.int64)
-    index = [readable, labels]
+    crcs = np.zeros(len(samples), dtype=np.int64)
+    for chunk, entry in done.items():
+        chunk_rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(samples)))
+        crcs[[row for row in chunk_rows if row not in entry["bad"]]] = entry["crcs"]
+    index = [readable, labels, crcs[readable]]
     if fmt == "jpeg":  # where each readable image's bytes are in images.jpg
         spans = np.zeros((2, len(samples)), dtype=np.int64)
         for chunk, entry in done.items():
@@ -149,7 +155,8 @@ def finish_pack(
 
 def start_packing(path: Path, key: str, count: int, image_bytes: int, fmt: str) -> dict[int, dict]:
     """Prepare `path` for packing -> the chunks already packed (resuming the same files): their unreadable
-    rows ("bad") and, for JPEG, where their bytes start and each image's length.
+    rows ("bad"), the CRC-32 of each readable image ("crcs") and, for JPEG, where their bytes start and
+    each image's length.
 
     Anything else there (a stale or damaged pack, a half-pack of other files) is deleted first.
     """
@@ -164,7 +171,7 @@ def start_packing(path: Path, key: str, count: int, image_bytes: int, fmt: str) 
                     entry = json.loads(line)
                 except ValueError:  # a line cut short by a crash: that chunk is packed again
                     continue
-                keys = {"chunk", "bad", "start", "lengths"} if fmt == "jpeg" else {"chunk", "bad"}
+                keys = {"chunk", "bad", "crcs", "start", "lengths"} if fmt == "jpeg" else {"chunk", "bad", "crcs"}
                 if isinstance(entry, dict) and set(entry) == keys:
                     done[entry.pop("chunk")] = entry
     except (OSError, ValueError, IndexError):
@@ -242,8 +249,8 @@ def write_chunks(
     started, first, next_report = time.perf_counter(), packed, packed + total // 10
     with open(path / "progress.jsonl", "a") as progress, open(path / DATA_FILES[fmt], "ab") as images:
         try:
-            for chunk, count, bad, failure, encoded in loader:
-                entry = {"bad": bad}
+            for chunk, count, bad, crcs, failure, encoded in loader:
+                entry = {"bad": bad, "crcs": crcs}
                 if encoded is not None and failure is None:
                     entry.update(start=images.tell(), lengths=[len(data) for data in encoded])
                     failure = append_synced(images, encoded)
@@ -280,8 +287,8 @@ def append_synced(file, pieces: list) -> str | None:
 
 
 class PackChunks(torch.utils.data.Dataset):
-    """Chunk number -> (chunk, images, unreadable rows, error message or None, JPEG bytes or None), for DataLoader
-    workers.
+    """Chunk number -> (chunk, images, unreadable rows, the readable images' CRC-32s, error message or None,
+    JPEG bytes or None), for DataLoader workers.
 
     Raw: each worker decodes its chunk's files and writes them at their rows of images.u8, flushed
     to disk before it reports: a chunk in progress.jsonl is on disk, whatever happens next. JPEG:
@@ -294,7 +301,7 @@ class PackChunks(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return -(-len(self.samples) // CHUNK)
 
-    def __getitem__(self, chunk: int) -> tuple[int, int, list[int], str | None, list[bytes] | None]:
+    def __getitem__(self, chunk: int) -> tuple[int, int, list[int], list[int], str | None, list[bytes] | None]:
         rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self.samples)))
         images, bad = [], []
         for row in rows:
@@ -304,17 +311,19 @@ class PackChunks(torch.utils.data.Dataset):
                 print(f"warning: skipping {error}", file=sys.stderr)
                 bad.append(row)
         if self.fmt == "jpeg":
-            return chunk, len(rows), bad, None, [encode_jpeg(image) for _, image in images]
-        return chunk, len(rows), bad, self.write_raw(images), None
+            encoded = [encode_jpeg(image) for _, image in images]
+            return chunk, len(rows), bad, [zlib.crc32(data) for data in encoded], None, encoded
+        pixels = [(row, image.permute(1, 2, 0).contiguous().numpy()) for row, image in images]  # (C, R, R) -> (R, R, C)
+        crcs = [zlib.crc32(image) for _, image in pixels]
+        return chunk, len(rows), bad, crcs, self.write_raw(pixels), None
 
-    def write_raw(self, images: list[tuple[int, torch.Tensor]]) -> str | None:
-        """Each (row, (C, R, R) image) at its row of images.u8, flushed to disk -> None, or what went wrong."""
+    def write_raw(self, images: list[tuple[int, np.ndarray]]) -> str | None:
+        """Each (row, (R, R, C) image) at its row of images.u8, flushed to disk -> None, or what went wrong."""
         image_bytes = self.size * self.size * self.channels
         fd = os.open(self.images_file, os.O_WRONLY)
         try:
             for row, image in images:
-                # (C, R, R) -> (R, R, C): the layout of the pack
-                os.pwrite(fd, image.permute(1, 2, 0).contiguous().numpy().tobytes(), row * image_bytes)
+                os.pwrite(fd, image.tobytes(), row * image_bytes)
             flush_to_disk(fd)
         except OSError as error:
             return write_failure(error, self.images_file, (len(self.samples) - images[0][0]) * image_bytes)
@@ -358,14 +367,17 @@ class PackedFiles:
     """A pack's images, read a batch at a time: image numbers -> (uint8 (B, C, R, R), labels (B,)).
 
     Raw: each image is one read of its bytes straight into the batch, no decoding. JPEG: each image
-    read, then decoded by Pillow's libjpeg-turbo. Reads (os.preadv) and decoding release the GIL,
-    so background threads gather batches side by side, without the pickling and shared-memory
-    copies of worker processes. (Reads, not a memory map: copying from a map faults in every 4 KB
-    page; measured on 2 cores, 15,000 against 1,900 images a second on one thread.)
+    read, then decoded by Pillow's libjpeg-turbo. Each image's bytes are checked against the CRC-32
+    packed with them (a DataError if they differ: docs/packed-copies.md measures the cost). Reads
+    (os.preadv), checksums and decoding release the GIL, so background threads gather batches side by
+    side, without the pickling and shared-memory copies of worker processes. (Reads, not a memory
+    map: copying from a map faults in every 4 KB page; measured on 2 cores, 15,000 against 1,900
+    images a second on one thread.)
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
         self.path, self.format, self.rows, self.labels = path, meta["format"], meta["rows"], meta["labels"]
+        self.crcs = meta["crcs"]
         self.starts, self.lengths = meta.get("starts"), meta.get("lengths")
         self.shape = (meta["count"], meta["size"], meta["size"], meta["channels"])
         self.file = path / DATA_FILES[self.format]
@@ -385,12 +397,13 @@ class PackedFiles:
         pixels = batch.numpy()  # (B, R, R, C)
         if self.format == "raw":
             image_bytes = pixels[0].nbytes if len(pixels) else 0
-            for i, row in enumerate(self.rows[indices].tolist()):
-                self.read_into(pixels[i], row * image_bytes)
+            for i, (row, crc) in enumerate(zip(self.rows[indices].tolist(), self.crcs[indices].tolist())):
+                self.read_into(pixels[i], row * image_bytes, crc)
         else:
-            for i, (start, length) in enumerate(zip(self.starts[indices].tolist(), self.lengths[indices].tolist())):
+            spans = zip(self.starts[indices].tolist(), self.lengths[indices].tolist(), self.crcs[indices].tolist())
+            for i, (start, length, crc) in enumerate(spans):
                 data = np.empty(length, np.uint8)
-                self.read_into(data, start)
+                self.read_into(data, start, crc)
                 decode_jpeg(data, pixels[i])
         return batch.permute(0, 3, 1, 2), torch.from_numpy(self.labels[indices])  # -> (B, C, R, R), channels_last
 
@@ -398,14 +411,15 @@ class PackedFiles:
         """A JPEG pack's files for `indices`, undecoded (1-D uint8 tensors), and their labels: for decode_jpeg_batch."""
         indices = indices.numpy()
         blobs = []
-        for start, length in zip(self.starts[indices].tolist(), self.lengths[indices].tolist()):
+        spans = zip(self.starts[indices].tolist(), self.lengths[indices].tolist(), self.crcs[indices].tolist())
+        for start, length, crc in spans:
             data = torch.empty(length, dtype=torch.uint8)
-            self.read_into(data.numpy(), start)
+            self.read_into(data.numpy(), start, crc)
             blobs.append(data)
         return blobs, torch.from_numpy(self.labels[indices])
 
-    def read_into(self, buffer: np.ndarray, offset: int) -> None:
-        """Fill `buffer` with the pack's bytes from `offset` on."""
+    def read_into(self, buffer: np.ndarray, offset: int, crc: int) -> None:
+        """Fill `buffer` with the pack's bytes from `offset` on, checked to have the CRC-32 `crc`."""
         view = memoryview(buffer).cast("B")
         if hasattr(os, "preadv"):
             count = os.preadv(self.fd, [view], offset)
@@ -415,4 +429,10 @@ class PackedFiles:
         if count != len(view):
             raise DataError(
                 f"{self.file} is shorter than its pack.json says; delete {self.path} to pack again", "pack_dir"
+            )
+        if zlib.crc32(view) != crc:  # (zlib releases the GIL: the reading threads check side by side)
+            raise DataError(
+                f"{self.file}: damaged: the image at byte {offset} is not the one packed (its checksum differs: "
+                f"bytes changed on the disk or in a copy); delete {self.path} to pack it again",
+                "pack_dir",
             )

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -72,7 +73,7 @@ def bad_rows(samples: list) -> list[int]:
 
 
 def contents(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A finished pack as files on disk: images (N, R, R, C), index (2, M), pack.json."""
+    """A finished pack as files on disk: images (N, R, R, C), index (3, M), pack.json."""
     meta = json.loads((path / "pack.json").read_text())
     shape = (meta["count"], meta["size"], meta["size"], meta["channels"])
     images = np.fromfile(path / "images.u8", dtype=np.uint8).reshape(shape)
@@ -179,7 +180,7 @@ def test_a_pack_holds_every_file_decoded_for_store_with_its_label_and_skips_unre
     assert bad == [0]
     assert meta["bad"] == [str(samples[0][0])]
     assert "Packing 69 images" in capsys.readouterr().out
-    images, (rows, labels), on_disk = contents(path)
+    images, (rows, labels, crcs), on_disk = contents(path)
     assert on_disk["count"] == len(samples) and on_disk["size"] == 24 and on_disk["channels"] == 3
     assert on_disk["bad"] == meta["bad"]
     assert rows.tolist() == list(range(1, len(samples)))
@@ -189,6 +190,7 @@ def test_a_pack_holds_every_file_decoded_for_store_with_its_label_and_skips_unre
     for row in rows:
         expected = decode_for_store(samples[row][0], 3, 24).permute(1, 2, 0).numpy()
         assert np.array_equal(images[row], expected), samples[row][0]
+    assert crcs.tolist() == [zlib.crc32(images[row].tobytes()) for row in rows]  # of the bytes on disk
     assert not (path / "progress.jsonl").exists()
     # The reader: a batch of any rows, as (B, C, R, R) channels_last uint8, with its labels.
     files = PackedFiles(path, meta)
@@ -205,7 +207,7 @@ def test_a_pack_holds_every_file_decoded_for_store_with_its_label_and_skips_unre
 def test_a_grayscale_pack_has_one_channel(photos: Path, tmp_path: Path) -> None:
     samples = samples_of(photos, "val")
     path, meta = build_pack(tmp_path / "packs", photos / "val", samples, 1, 16, 0)
-    images, (rows, _), _ = contents(path)
+    images, (rows, *_), _ = contents(path)
     assert images.shape == (len(samples), 16, 16, 1)
     assert meta["bad"] == [str(samples[row][0]) for row in bad_rows(samples)] and len(meta["bad"]) == 1
     for row in rows:
@@ -510,6 +512,26 @@ def test_a_pack_cut_short_while_in_use_is_one_data_error(photos: Path, tmp_path:
     with pytest.raises(DataError, match="shorter than its pack.json") as cut:
         files.gather(torch.arange(len(files)))
     assert cut.value.setting == "pack_dir" and str(path) in str(cut.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_flipped_bytes_in_a_packed_image_are_found_as_it_is_read(photos: Path, tmp_path: Path, fmt: str) -> None:
+    samples = samples_of(photos, "train")
+    path, meta = pack(tmp_path / "packs", photos, samples, fmt)
+    data = path / ("images.u8" if fmt == "raw" else "images.jpg")
+    files = PackedFiles(path, meta)
+    whole = files.gather(torch.arange(len(files)))[0]
+    offset = int(meta["starts"][3] if fmt == "jpeg" else meta["rows"][3] * 24 * 24 * 3) + 5  # inside image 3
+    with open(data, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))  # one byte, as a failing disk or a bad copy changes it
+    assert torch.equal(files.gather(torch.tensor([0, 2, 4]))[0], whole[[0, 2, 4]])  # the others read as before
+    for read in (files.gather, files.gather_encoded) if fmt == "jpeg" else (files.gather,):
+        with pytest.raises(DataError, match=r"damaged: the image at byte \d+ is not the one packed") as found:
+            read(torch.tensor([0, 3]))
+        assert found.value.setting == "pack_dir" and f"delete {path} to pack it again" in str(found.value)
 
 
 # --- Full disks ------------------------------------------------------------------------------------
