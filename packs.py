@@ -27,6 +27,7 @@ before the chunk is counted as done. Reading
 background threads, into pinned memory on CUDA, copied to the device with non_blocking.
 """
 
+import contextlib
 import errno
 import io
 import json
@@ -36,10 +37,12 @@ import sys
 import time
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image
 from tqdm import tqdm
 
@@ -47,7 +50,7 @@ from atomic_files import flush_to_disk, write_atomically
 from errors import BadImageError, DataError
 from folders import decode_for_store, ignore_ctrl_c, listing_key, listing_name
 
-PACK_VERSION = 2  # (2: with each image's checksum) bump when the layout changes, so that older packs are built again
+PACK_VERSION = 2  # bump when the layout changes, so that older packs are built again (2: each image's CRC-32)
 PACK_FORMATS = ("raw", "jpeg")
 CHUNK = 64  # images decoded and written by one worker at a time: the unit of progress and of resuming
 JPEG_QUALITY = 90  # measured on 256 px photos: ~20 KB an image, pixels 2.8/255 from raw on average
@@ -99,13 +102,46 @@ def build_pack(
 ) -> tuple[Path, dict]:
     """The split's pack, packed first where it is missing, half-packed or stale -> (its folder, read_pack's metadata).
 
-    Resumes a half-packed one of the same files where it stopped. Raises DataError (setting
+    Resumes a half-packed one of the same files where it stopped. A second process packing the same
+    split waits for the first (packing_lock), then reads its pack. Raises DataError (setting
     "pack_dir") when the disk lacks the space: checked before starting, and caught while writing.
     """
     path, key = pack_folder(pack_dir, split_dir, samples, channels, size, fmt)
     meta = read_pack(path, key)
-    if meta is not None:
-        return path, meta
+    if meta is None:
+        with packing_lock(path):
+            meta = read_pack(path, key)  # packed by another process while this one waited?
+            if meta is None:
+                pack_split(path, key, split_dir, samples, channels, size, workers, fmt)
+                meta = read_pack(path, key)
+    return path, meta
+
+
+@contextlib.contextmanager
+def packing_lock(path: Path) -> Iterator[None]:
+    """Hold the lock (PATH.lock, beside the pack's folder) while a pack is packed: where another process
+    holds it, wait, after a line saying so. (A lock file, not the pack's folder, which packing remakes.)"""
+    lock = FileLock(path.with_name(f"{path.name}.lock"))
+    try:
+        existing_folder(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"Waiting for another process that is packing {path}/ (it holds {lock.lock_file})", flush=True)
+            lock.acquire()
+    except OSError as error:  # e.g. --pack-dir is read-only
+        raise DataError(f"cannot write a pack in {path.parent} ({error.strerror or error})", "pack_dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def pack_split(
+    path: Path, key: str, split_dir: Path, samples: list, channels: int, size: int, workers: int, fmt: str
+) -> None:
+    """Pack the split into `path`, resuming a half-pack of the same files (build_pack, with the lock held)."""
     # JPEG's size is known once written: reckon a fifth of raw's (measured: a tenth); and the index.
     needed = len(samples) * (size * size * channels // (1 if fmt == "raw" else 5) + 32) + 2**20
     check_free_space(path / DATA_FILES[fmt], needed, fmt)  # before anything is written
@@ -122,7 +158,6 @@ def build_pack(
         finish_pack(path, key, split_dir, samples, channels, size, fmt, done)
     except OSError as error:  # the index and pack.json need little room
         raise DataError(write_failure(error, Path(error.filename or path / "pack.json"), 2**20), "pack_dir") from None
-    return path, read_pack(path, key)
 
 
 def finish_pack(
@@ -200,12 +235,17 @@ def check_free_space(images: Path, total_bytes: int, fmt: str) -> None:
     written = 0
     if images.is_file():
         written = images.stat().st_blocks * 512 if fmt == "raw" else images.stat().st_size
-    existing = next(folder for folder in images.parents if folder.exists())  # the pack's folder may not exist yet
-    if not existing.is_dir():
-        raise DataError(f"{existing} is a file, not a folder; choose a folder for the packs", "pack_dir")
-    needed, free = total_bytes - written, shutil.disk_usage(existing).free
+    needed, free = total_bytes - written, shutil.disk_usage(existing_folder(images)).free
     if needed > free:
         raise DataError(no_space_message(images.parent, needed, free), "pack_dir")
+
+
+def existing_folder(path: Path) -> Path:
+    """The nearest of path's folders that exists (a pack's folder may not, yet); DataError where it is a file."""
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise DataError(f"{existing} is a file, not a folder; choose a folder for the packs", "pack_dir")
+    return existing
 
 
 def no_space_message(path: Path, needed: int, free: int | None = None) -> str:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
@@ -449,7 +450,8 @@ def test_a_changed_file_is_packed_again_and_auto_uses_the_pack_once_it_exists(
     size = images.shape[-1]
     assert torch.equal(images[0], decode_for_store(changed, 3, size)) and labels.tolist() == [1]
     assert images[0, 1].float().mean() > 150  # the new, green picture
-    assert len(list(files.path.parent.iterdir())) == 2  # the stale pack was replaced, not kept beside
+    packed = [entry for entry in files.path.parent.iterdir() if entry.suffix != ".lock"]  # (the packing locks stay)
+    assert len(packed) == 2  # the stale pack was replaced, not kept beside
 
 
 # --- Damaged packs ---------------------------------------------------------------------------------
@@ -500,6 +502,39 @@ def test_a_pack_of_other_files_is_stale_silently(photos: Path, tmp_path: Path, c
     assert read_pack(path, "0" * 16) is None
     assert read_pack(path, meta["key"]) is not None
     assert capsys.readouterr().err == ""
+
+
+# A process that holds a pack's lock (as a second train.py packing the same folder would) for `seconds`, having
+# first copied a finished pack into place where one is given: argv = lock file, seconds, [pack, destination].
+HOLDER = """import shutil, sys, time
+from filelock import FileLock
+with FileLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    if len(sys.argv) > 3:
+        shutil.copytree(sys.argv[3], sys.argv[4])
+"""
+
+
+@pytest.mark.parametrize("holder_packs", [False, True], ids=["holder-stops", "holder-packs"])
+def test_a_second_packer_of_the_same_split_waits_then_uses_the_pack(
+    photos: Path, tmp_path: Path, reference_packs: dict, monkeypatch, capsys, holder_packs: bool
+) -> None:
+    samples = samples_of(photos, "train")
+    path, _ = pack_folder(tmp_path / "packs", photos / "train", samples, 3, 24)
+    path.parent.mkdir()
+    copy = [str(reference_packs["raw"]), str(path)] if holder_packs else []
+    lock = f"{path}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock, "1", *copy], stdout=subprocess.PIPE, text=True)
+    with holder:
+        assert holder.stdout.readline() == "held\n"
+        decodes = count_decodes(monkeypatch)
+        packed, meta = pack(tmp_path / "packs", photos, samples, "raw")
+    assert holder.returncode == 0
+    assert f"Waiting for another process that is packing {path}/ (it holds {lock})" in capsys.readouterr().out
+    assert packed == path and meta["count"] == len(samples)
+    assert decodes.calls == (0 if holder_packs else len(samples))  # the holder's pack is read, not made again
+    assert_same_pack(path, reference_packs["raw"])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
