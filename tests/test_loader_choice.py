@@ -19,7 +19,7 @@ def listing(tmp_path: Path, images: int) -> Listing:
     train_dir, val_dir = tmp_path / "train", tmp_path / "val"
     train_dir.mkdir(exist_ok=True), val_dir.mkdir(exist_ok=True)
     samples = [(train_dir / f"{i}.jpg", i % 2) for i in range(images)]
-    return Listing(samples, samples[:10], ["a", "b"], None, train_dir, val_dir, [], [])
+    return Listing(samples, samples[:10], ["a", "b"], None, train_dir, val_dir, [], [], [])
 
 
 @pytest.mark.parametrize(
