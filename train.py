@@ -52,6 +52,7 @@ from checkpoints import (
     check_same_classes,
     check_same_model,
     eval_preset,
+    model_from_checkpoint,
     read_checked_checkpoint,
     rng_states,
     save_checkpoint,
@@ -806,8 +807,7 @@ def validate(run: Run, forward: torch.nn.Module) -> dict:
 
 def evaluate_checkpoint(args: argparse.Namespace, checkpoint: dict, data: Data, setup: Setup) -> None:
     """--evaluate: the checkpoint's validation loss, top-1 and top-5, with its own preprocessing."""
-    model = AlexNet(**checkpoint["model_config"]).to(setup.device, memory_format=setup.memory_format)
-    model.load_state_dict(checkpoint["model"])
+    model = model_from_checkpoint(checkpoint).to(setup.device, memory_format=setup.memory_format)
     try:
         check_same_classes(checkpoint, data.classes, Path(args.evaluate))
     except CheckpointError as error:
