@@ -248,13 +248,11 @@ def write_onnx(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Pa
         dynamo=True,
         verbose=False,
     )
+    initializers = program.model.graph.initializers.items()  # the weights about to be written, as onnx_checksum reads
+    weights = {name: torch.from_numpy(value.const_value.numpy().copy()) for name, value in initializers}
     program.model.metadata_props[METADATA_KEY] = metadata
+    program.model.metadata_props[CHECKSUM_KEY] = checksum(weights)
     program.save(str(tmp))
-    import onnx  # the weights as written, read back: their checksum goes beside the metadata
-
-    model = onnx.load(str(tmp))
-    model.metadata_props.add(key=CHECKSUM_KEY, value=onnx_checksum(model))
-    onnx.save(model, str(tmp))
 
 
 # ----------------------------------------------------------------------------------------------
