@@ -1,4 +1,9 @@
-"""The model: shapes, parameter counts, gradients, loss at init, overfitting, the MPS pooling path, the fc6 fold."""
+"""The model: shapes, parameter counts, gradients, loss at init, overfitting, the MPS pooling path, the fc6 fold.
+
+Where a test checks only shapes or counts, the model and its inputs are built on the meta device (tensors with a
+shape and no data: PyTorch computes every shape as on the CPU), which saves the half second of init that 58 M
+random numbers cost a CPU core.
+"""
 
 import functools
 import math
@@ -16,15 +21,24 @@ def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.cache
+def model_of(layout: str) -> AlexNet:
+    """A seeded 10-class model of each layout, built once for the module, for the tests that only run it (each
+    sets the mode it needs, none changes its weights)."""
+    torch.manual_seed(0)
+    return AlexNet(10, layout=layout)
+
+
 def test_parameter_counts_match_the_paper_layout() -> None:
-    assert count(AlexNet()) == 62_378_344
-    assert count(AlexNet(num_classes=10, in_channels=1)) == 58_299_082
+    with torch.device("meta"):
+        assert count(AlexNet()) == 62_378_344
+        assert count(AlexNet(num_classes=10, in_channels=1)) == 58_299_082
 
 
 @pytest.mark.parametrize("size, channels, classes", [(67, 3, 10), (96, 1, 7), (131, 3, 2), (224, 3, 1000), (227, 1, 5)])
 def test_output_shape_for_many_input_sizes(size: int, channels: int, classes: int) -> None:
-    model = AlexNet(num_classes=classes, in_channels=channels).eval()
-    with torch.no_grad():
+    with torch.device("meta"):
+        model = AlexNet(num_classes=classes, in_channels=channels).eval()
         assert model(torch.randn(2, channels, size, size)).shape == (2, classes)
 
 
@@ -32,19 +46,20 @@ def test_feature_map_sizes_tell_the_224_227_story() -> None:
     assert feature_map_size(227) == 6  # the paper's 55 -> 27 -> 13 -> 6
     assert feature_map_size(224) == 5  # 224 does not fit the arithmetic
     assert feature_map_size(MIN_INPUT_SIZE) == 1
-    model = AlexNet(10).eval()
-    with torch.no_grad():
+    with torch.device("meta"):
+        model = AlexNet(10).eval()
         assert model.features(torch.randn(1, 3, 227, 227)).shape == (1, 256, 6, 6)
         assert model.features(torch.randn(1, 3, 224, 224)).shape == (1, 256, 5, 5)
 
 
 def test_too_small_input_gives_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="at least 67x67"):
+    with torch.device("meta"), pytest.raises(ValueError, match="at least 67x67"):
         AlexNet(10)(torch.randn(1, 3, 66, 66))
 
 
 def test_non_square_input() -> None:
-    assert AlexNet(4).eval()(torch.randn(1, 3, 80, 150)).shape == (1, 4)
+    with torch.device("meta"):
+        assert AlexNet(4).eval()(torch.randn(1, 3, 80, 150)).shape == (1, 4)
 
 
 def test_gradients_reach_every_parameter() -> None:
@@ -66,7 +81,7 @@ def test_loss_at_init_is_chance(classes: int) -> None:
 
 def test_activations_keep_their_scale_at_init() -> None:
     """The init must neither blow up nor vanish the signal (the reason plain SGD stalls)."""
-    model = AlexNet(10).eval()
+    model = model_of("paper").eval()
     with torch.no_grad():
         features = model.features(torch.randn(16, 3, 96, 96))
         hidden = model.classifier[:-1](torch.flatten(F.adaptive_avg_pool2d(features, 6), 1))
@@ -90,7 +105,7 @@ def test_overfits_one_tiny_batch() -> None:
 
 
 def test_dropout_only_in_training() -> None:
-    model = AlexNet(10)
+    model = model_of("paper")
     x = torch.randn(2, 3, 67, 67)
     model.eval()
     assert torch.equal(model(x), model(x))
@@ -111,15 +126,9 @@ def pooled_then_fc6(model: AlexNet, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("layout", ["paper", "torchvision"])
 def test_the_plain_forward_is_the_textbook_one(layout: str) -> None:
-    model = AlexNet(10, layout=layout).eval()
+    model = model_of(layout).eval()
     x = torch.randn(2, 3, 99, 99)
     assert torch.equal(model(x), pooled_then_fc6(model, x))
-
-
-@functools.cache
-def model_of(layout: str) -> AlexNet:
-    torch.manual_seed(0)
-    return AlexNet(10, layout=layout)
 
 
 # The smallest batch at which fast_forward folds fc6, for last maps of 1x1, 2x2 and 3x3: the fold pays when
@@ -156,7 +165,7 @@ def test_fast_forward_without_the_fold_equals_the_plain_forward(batch: int, size
 
 
 def test_fast_forward_shares_the_models_parameters_and_refuses_small_inputs() -> None:
-    model = AlexNet(10)
+    model = model_of("paper")
     forward = fast_forward(model)
     assert fast_forward(forward) is forward  # wrapping twice changes nothing
     assert [p.data_ptr() for p in forward.parameters()] == [p.data_ptr() for p in model.parameters()]
@@ -168,7 +177,7 @@ def test_fast_forward_shares_the_models_parameters_and_refuses_small_inputs() ->
 def test_fc6_on_a_1x1_map_costs_a_36th() -> None:
     # At 67 px the last map is 1x1 and the pooling copies it 36 times: fc6 then runs as a
     # 256-wide layer. FLOPs of the forward pass, counted by PyTorch.
-    model = AlexNet(10).eval()
+    model = model_of("paper").eval()
     x = torch.randn(64, 3, 67, 67)
     flops = []
     for forward in (fast_forward(model), model):
@@ -181,7 +190,8 @@ def test_fc6_on_a_1x1_map_costs_a_36th() -> None:
 
 def test_config_rebuilds_the_same_architecture() -> None:
     model = AlexNet(num_classes=7, in_channels=1, dropout=0.3)
-    clone = AlexNet(**model.config)
-    clone.load_state_dict(model.state_dict())
+    with torch.device("meta"):  # as checkpoints.py rebuilds a model: its layers, then the weights as they are
+        clone = AlexNet(**model.config)
+    clone.load_state_dict(model.state_dict(), assign=True)  # strict: the same modules and shapes
     x = torch.randn(1, 1, 67, 67)
     assert torch.equal(model.eval()(x), clone.eval()(x))

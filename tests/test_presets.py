@@ -1,4 +1,8 @@
-"""The presets: the paper's LRN, two towers and init, and the torchvision layout and weights."""
+"""The presets: the paper's LRN, two towers and init, and the torchvision layout and weights.
+
+Where a test checks only the layers, their shapes or counts, the model (and its inputs) are built on the meta device,
+as in test_alexnet.py: the same shapes, without the init's half second of random numbers.
+"""
 
 from collections.abc import Callable
 
@@ -43,7 +47,8 @@ def linears(model: AlexNet) -> list[nn.Linear]:
     ],
 )
 def test_parameter_counts(preset: str, classes: int, channels: int, expected: int) -> None:
-    assert count(PRESETS[preset](num_classes=classes, in_channels=channels)) == expected
+    with torch.device("meta"):
+        assert count(PRESETS[preset](num_classes=classes, in_channels=channels)) == expected
 
 
 def test_torchvision_metadata_agrees() -> None:
@@ -53,16 +58,18 @@ def test_torchvision_metadata_agrees() -> None:
 
 
 def test_lrn_follows_the_relus_of_conv1_and_conv2() -> None:
-    kinds = [type(m) for m in AlexNet.paper(10).features]
-    Conv, ReLU, LRN, Pool = nn.Conv2d, nn.ReLU, nn.LocalResponseNorm, nn.MaxPool2d
-    assert kinds == [Conv, ReLU, LRN, Pool, Conv, ReLU, LRN, Pool, Conv, ReLU, Conv, ReLU, Conv, ReLU, Pool]
-    for preset in ("default", "torchvision"):
-        assert not any(isinstance(m, LRN) for m in PRESETS[preset](10).modules())
+    with torch.device("meta"):
+        kinds = [type(m) for m in AlexNet.paper(10).features]
+        Conv, ReLU, LRN, Pool = nn.Conv2d, nn.ReLU, nn.LocalResponseNorm, nn.MaxPool2d
+        assert kinds == [Conv, ReLU, LRN, Pool, Conv, ReLU, LRN, Pool, Conv, ReLU, Conv, ReLU, Conv, ReLU, Pool]
+        for preset in ("default", "torchvision"):
+            assert not any(isinstance(m, LRN) for m in PRESETS[preset](10).modules())
 
 
 def test_lrn_matches_the_formula() -> None:
     """b_c = a_c / (k + alpha / n * sum of a_j^2 over the 5 channels j around c) ^ beta."""
-    lrn = AlexNet.paper(10).features[2]
+    with torch.device("meta"):
+        lrn = AlexNet.paper(10).features[2]  # a module without parameters: it runs on any tensor
     assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 1e-4, 0.75, 2.0)
     a = torch.relu(torch.randn(2, 7, 3, 4, dtype=torch.float64)) * 300  # large enough to matter
     n, alpha, beta, k = 5, 1e-4, 0.75, 2.0
@@ -77,7 +84,8 @@ def test_lrn_matches_the_formula() -> None:
 def test_groups_two_on_conv2_conv4_conv5_only() -> None:
     model = AlexNet.paper(10)
     assert [conv.groups for conv in convs(model)] == [1, 2, 1, 2, 2]
-    assert [conv.groups for conv in convs(AlexNet(10))] == [1, 1, 1, 1, 1]
+    with torch.device("meta"):
+        assert [conv.groups for conv in convs(AlexNet(10))] == [1, 1, 1, 1, 1]
     assert [tuple(conv.weight.shape) for conv in convs(model)] == [
         (96, 3, 11, 11),
         (256, 48, 5, 5),  # each tower's 128 kernels see its own 48 channels of conv1
@@ -111,8 +119,9 @@ def test_paper_and_caffe_init(init: str, fc_std: float, one: float) -> None:
 
 
 def test_he_init_is_the_default_and_can_replace_the_papers() -> None:
-    assert AlexNet(10).config["init"] == "he"
-    assert AlexNet.paper(10).config["init"] == "paper"
+    with torch.device("meta"):
+        assert AlexNet(10).config["init"] == "he"
+        assert AlexNet.paper(10).config["init"] == "paper"
     model = AlexNet.paper(10, init="he")
     assert model.config["lrn"] and model.config["groups"] == 2
     conv4 = convs(model)[3]  # fan-in 192 * 3 * 3: He std sqrt(2 / 1728) = 0.034
@@ -160,9 +169,10 @@ def test_from_torchvision_with_a_new_last_layer() -> None:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_config_rebuilds_each_preset(preset: str) -> None:
     model = PRESETS[preset](num_classes=5, in_channels=1, dropout=0.3)
-    clone = AlexNet(**model.config)
+    with torch.device("meta"):  # as checkpoints.py rebuilds a model: its layers, then the weights as they are
+        clone = AlexNet(**model.config)
     assert clone.config == model.config
-    clone.load_state_dict(model.state_dict())  # strict: the same modules
+    clone.load_state_dict(model.state_dict(), assign=True)  # strict: the same modules and shapes
     x = torch.randn(1, 1, 67, 67)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), clone.eval()(x))
@@ -170,7 +180,8 @@ def test_config_rebuilds_each_preset(preset: str) -> None:
 
 def test_default_layout_is_unchanged() -> None:
     """Old checkpoints (three-key configs, the same state_dict keys) still load."""
-    model = AlexNet(num_classes=10, in_channels=1, dropout=0.5)
+    with torch.device("meta"):
+        model = AlexNet(num_classes=10, in_channels=1, dropout=0.5)
     assert model.config == {
         "num_classes": 10, "in_channels": 1, "dropout": 0.5,
         "layout": "paper", "lrn": False, "groups": 1, "init": "he",
@@ -184,10 +195,10 @@ def test_default_layout_is_unchanged() -> None:
     [("default", "paper", MIN_INPUT_SIZE), ("paper", "paper", 67), ("torchvision", "torchvision", 63)],
 )
 def test_smallest_input_of_each_layout(preset: str, layout: str, smallest: int) -> None:
-    model = PRESETS[preset](num_classes=3).eval()
-    assert model.min_input_size == smallest
     assert feature_map_size(smallest, layout) == 1 and feature_map_size(smallest - 1, layout) == 0
-    with torch.no_grad():
+    with torch.device("meta"):
+        model = PRESETS[preset](num_classes=3).eval()
+        assert model.min_input_size == smallest
         assert model(torch.randn(2, 3, smallest, smallest)).shape == (2, 3)
         assert model.features(torch.randn(1, 3, smallest, smallest)).shape[-2:] == (1, 1)
         for shape in [(smallest - 1, smallest), (smallest, smallest - 1)]:

@@ -24,15 +24,17 @@ def test_shapes_format_and_balance() -> None:
 
 def test_a_linear_model_on_raw_pixels_does_poorly() -> None:
     """AlexNet reaches >= 90% on this data (the default run); a linear classifier must not come close."""
-    # 1000 images, 100 steps: 100% train, 12% val; 1500 and 150: 100% and 12%; 3000 and 300: 12% val.
-    train_x, train_y = make_shapes(1000, image_size=67, seed=10)
-    val_x, val_y = make_shapes(300, image_size=67, seed=11)
+    # Training images and full-batch steps -> train and val top-1 (seeds 0 and 1 where two): 500 and 50 (here, 2.5 s on
+    # one core) -> 100% and 12-14%; 1000 and 100 -> 100% and 12-13%; 1500 and 150 -> 100% and 12%;
+    # 3000 and 300 -> 12% val. More data does not help it: the classes need spatial features.
+    train_x, train_y = make_shapes(500, image_size=67, seed=10)
+    val_x, val_y = make_shapes(200, image_size=67, seed=11)
     train_x, val_x = train_x.flatten(1).float() / 255, val_x.flatten(1).float() / 255
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
     linear = torch.nn.Linear(train_x.shape[1], len(CLASSES))
     optimizer = torch.optim.Adam(linear.parameters(), lr=1e-3, weight_decay=1e-4)
-    for _ in range(100):  # full-batch training until it fits the training set
+    for _ in range(50):  # full-batch training until it fits the training set
         loss = F.cross_entropy(linear(train_x), train_y)
         optimizer.zero_grad()
         loss.backward()
