@@ -5,6 +5,7 @@ train.py in memory, streamed and packed, packed batches on the device, exact --r
 against the CPU one: test_pipeline.py."""
 
 import copy
+import functools
 import json
 import subprocess
 import sys
@@ -31,11 +32,21 @@ JPEG_DECODERS_MEAN, JPEG_DECODERS_MAX = 2.0, 64
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--image-size", "67", "--log-interval", "1"]
 
 
+@functools.cache
+def seeded_model() -> AlexNet:
+    torch.manual_seed(0)
+    return AlexNet(5, dropout=0.0)
+
+
+def fresh_model() -> AlexNet:
+    """A seeded 5-class AlexNet without dropout, a copy of one built once for the module: a test may change it."""
+    return copy.deepcopy(seeded_model())
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_forward_and_backward_in_each_precision(device: str, precision: str) -> None:
-    torch.manual_seed(0)
-    reference = AlexNet(5, dropout=0.0)
+    reference = fresh_model()
     reference.classifier[-1].weight.data.normal_(std=0.05)  # logits of a useful size to compare
     model = copy.deepcopy(reference).to(device)
     x, labels = torch.randn(2, 3, 67, 67), torch.tensor([0, 3])  # (fp16 and bf16 are emulated on most CPUs: slow)
@@ -56,8 +67,7 @@ def test_forward_and_backward_in_each_precision(device: str, precision: str) -> 
 @pytest.mark.parametrize("size", [67, 224])  # the fc6 fold; a 5x5 map pooled (by matrix products on MPS)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_fast_forward_on_the_device_equals_the_plain_model(device: str, size: int, deterministic: bool) -> None:
-    torch.manual_seed(0)
-    reference = AlexNet(5, dropout=0.0)
+    reference = fresh_model()
     model = copy.deepcopy(reference).to(device)
     x = torch.randn(2, 3, size, size)  # at 67 px, enough images for the fold
     previous = torch.are_deterministic_algorithms_enabled()

@@ -7,10 +7,12 @@ module (an export and its parity check take a few seconds on one core).
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,24 +49,27 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+Exported = Callable[[str], tuple[Path, str]]  # a format's suffix -> (the file, what the export printed)
+
+
 @pytest.fixture(scope="module")
-def exported(
-    checkpoint_file: Path, image_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Path, str]]:
-    """{".onnx": (file, stdout), ".pt2": (...)}, each written by `inference.py --export` with an image for its check,
-    once for the session (the checkpoint's weights are seeded: the same in every pytest-xdist worker). Read only."""
+def exported(checkpoint_file: Path, image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """exported(".onnx") -> (file, stdout): the file written by `inference.py --export` with an image for its check,
+    once for the session and format (the checkpoint's weights are seeded: the same in every pytest-xdist worker),
+    when a test first asks for it: one worker can export ONNX while the other exports .pt2. Read only."""
 
-    def export(folder: Path) -> None:
-        for suffix in FORMATS:
-            path = folder / f"shapes{suffix}"
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                image = str(image_folder / "0.png")
-                inference.main(["--export", str(path), "--checkpoint", str(checkpoint_file), image])
-            path.with_name(path.name + ".stdout").write_text(out.getvalue())
+    def export_to(suffix: str, folder: Path) -> None:
+        path = folder / f"shapes{suffix}"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            inference.main(["--export", str(path), "--checkpoint", str(checkpoint_file), str(image_folder / "0.png")])
+        path.with_name(path.name + ".stdout").write_text(out.getvalue())
 
-    folder = shared_folder(tmp_path_factory, "exported", export)
-    return {suffix: (folder / f"shapes{suffix}", (folder / f"shapes{suffix}.stdout").read_text()) for suffix in FORMATS}
+    def get(suffix: str) -> tuple[Path, str]:
+        folder = shared_folder(tmp_path_factory, f"exported{suffix}", functools.partial(export_to, suffix))
+        return folder / f"shapes{suffix}", (folder / f"shapes{suffix}.stdout").read_text()
+
+    return get
 
 
 def logits(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -76,10 +81,8 @@ def logits(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
-def test_export_reports_the_measured_difference_and_leaves_one_file(
-    exported: dict[str, tuple[Path, str]], suffix: str
-) -> None:
-    path, out = exported[suffix]
+def test_export_reports_the_measured_difference_and_leaves_one_file(exported: Exported, suffix: str) -> None:
+    path, out = exported(suffix)
     match = SUCCESS.match(out)
     assert match and len(out.splitlines()) == 1, out
     assert match.group(1) == str(path) and 0 <= float(match.group(3)) <= 1e-4
@@ -88,40 +91,14 @@ def test_export_reports_the_measured_difference_and_leaves_one_file(
     assert [p.name for p in path.parent.iterdir() if p.suffix == suffix] == [path.name]  # no partial file left
 
 
-def test_onnx_file_has_a_dynamic_batch_and_the_metadata(exported: dict[str, tuple[Path, str]]) -> None:
-    model = onnx.load(str(exported[".onnx"][0]))
-    (images,) = model.graph.input
-    batch, *dims = images.type.tensor_type.shape.dim
-    assert images.name == "images" and batch.dim_param and [d.dim_value for d in dims] == [3, 67, 67]
-    assert [output.name for output in model.graph.output] == ["logits"]
-    metadata = json.loads({p.key: p.value for p in model.metadata_props}["alexnet"])
-    assert metadata["classes"] == CLASSES and metadata["preprocess"] == asdict(PREPROCESS)
-    assert metadata["model_config"]["num_classes"] == 3
-
-
-def test_pt2_file_has_a_dynamic_batch_and_the_metadata(exported: dict[str, tuple[Path, str]]) -> None:
+def test_pt2_file_has_a_dynamic_batch_and_the_metadata(exported: Exported) -> None:
     extra = {"alexnet.json": ""}
-    program = torch.export.load(exported[".pt2"][0], extra_files=extra)
+    program = torch.export.load(exported(".pt2")[0], extra_files=extra)
     metadata = json.loads(extra["alexnet.json"])
     assert metadata["classes"] == CLASSES and metadata["preprocess"] == asdict(PREPROCESS)
     module = program.module()
     for batch in (1, 3, 11):
         assert module(torch.randn(batch, 3, 67, 67)).shape == (batch, 3)
-
-
-@pytest.mark.parametrize("suffix", FORMATS)
-def test_exported_files_give_the_checkpoints_logits_at_every_batch_size(
-    exported: dict[str, tuple[Path, str]], loaded: tuple[AlexNet, dict], suffix: str
-) -> None:
-    """Batch 1 takes AlexNet's pooling path, larger batches its folded fc6: the file must match both."""
-    model, meta = loaded
-    network, exported_meta = load_exported(exported[suffix][0])
-    assert exported_meta == meta
-    rendered, _ = make_shapes(6, image_size=80, seed=3)
-    inputs = torch.cat([torch.randn(6, 3, 67, 67), eval_transform(rendered, PREPROCESS)])
-    for batch in (inputs[:1], inputs[6:7], inputs):
-        difference = (logits(network, batch) - logits(model, batch)).abs().max().item()
-        assert difference <= 1e-4
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -164,6 +141,32 @@ def test_nan_logits_fail_the_check_and_the_model_is_left_as_it_was(
     finally:
         model.eval()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_file_has_a_dynamic_batch_and_the_metadata(exported: Exported) -> None:
+    model = onnx.load(str(exported(".onnx")[0]))
+    (images,) = model.graph.input
+    batch, *dims = images.type.tensor_type.shape.dim
+    assert images.name == "images" and batch.dim_param and [d.dim_value for d in dims] == [3, 67, 67]
+    assert [output.name for output in model.graph.output] == ["logits"]
+    metadata = json.loads({p.key: p.value for p in model.metadata_props}["alexnet"])
+    assert metadata["classes"] == CLASSES and metadata["preprocess"] == asdict(PREPROCESS)
+    assert metadata["model_config"]["num_classes"] == 3
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_exported_files_give_the_checkpoints_logits_at_every_batch_size(
+    exported: Exported, loaded: tuple[AlexNet, dict], suffix: str
+) -> None:
+    """Batch 1 takes AlexNet's pooling path, larger batches its folded fc6: the file must match both."""
+    model, meta = loaded
+    network, exported_meta = load_exported(exported(suffix)[0])
+    assert exported_meta == meta
+    rendered, _ = make_shapes(6, image_size=80, seed=3)
+    inputs = torch.cat([torch.randn(6, 3, 67, 67), eval_transform(rendered, PREPROCESS)])
+    for batch in (inputs[:1], inputs[6:7], inputs):
+        difference = (logits(network, batch) - logits(model, batch)).abs().max().item()
+        assert difference <= 1e-4
 
 
 def test_unknown_extension_is_one_error(
@@ -213,12 +216,12 @@ def test_export_of_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path, c
 
 
 def test_export_refuses_flags_it_would_ignore(
-    tmp_path: Path, checkpoint_file: Path, exported: dict[str, tuple[Path, str]], capsys: pytest.CaptureFixture
+    tmp_path: Path, checkpoint_file: Path, exported: Exported, capsys: pytest.CaptureFixture
 ) -> None:
     target = str(tmp_path / "m.onnx")
     status, _, err = run_cli(capsys, "--export", target, "--checkpoint", str(checkpoint_file), "--output", "r.csv")
     assert status == 2 and "--export writes the network and classifies nothing" in err
-    status, _, err = run_cli(capsys, "--export", target, "--checkpoint", str(exported[".pt2"][0]))
+    status, _, err = run_cli(capsys, "--export", target, "--checkpoint", str(exported(".pt2")[0]))
     assert status == 2 and "--export: give a checkpoint (.pt) or --weights imagenet" in err
     status, _, err = run_cli(capsys, "--checkpoint", str(checkpoint_file))
     assert status == 2 and "give image files or directories to classify (or --export FILE" in err
@@ -230,7 +233,7 @@ def test_export_refuses_flags_it_would_ignore(
 def test_a_missing_onnx_package_is_one_line_saying_what_to_install(
     tmp_path: Path,
     loaded: tuple[AlexNet, dict],
-    exported: dict[str, tuple[Path, str]],
+    exported: Exported,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
@@ -241,8 +244,8 @@ def test_a_missing_onnx_package_is_one_line_saying_what_to_install(
     assert export_model(model, meta, tmp_path / "m.pt2").max_difference <= 1e-4  # .pt2 needs none of them
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ExportError, match="running ONNX files needs the onnxruntime package"):
-        load_exported(exported[".onnx"][0])
-    status, out, err = run_cli(capsys, "x.png", "--checkpoint", str(exported[".onnx"][0]))
+        load_exported(exported(".onnx")[0])
+    status, out, err = run_cli(capsys, "x.png", "--checkpoint", str(exported(".onnx")[0]))
     assert status == 1 and out == "" and len(err.splitlines()) == 1 and "pip install onnxruntime" in err
 
 
@@ -303,7 +306,7 @@ def test_files_that_are_not_exports_are_one_line_each(tmp_path: Path, capsys: py
 
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_cli_classifies_with_exported_files_as_with_the_checkpoint(
-    exported: dict[str, tuple[Path, str]],
+    exported: Exported,
     checkpoint_file: Path,
     image_folder: Path,
     capsys: pytest.CaptureFixture,
@@ -312,12 +315,12 @@ def test_cli_classifies_with_exported_files_as_with_the_checkpoint(
     good = [str(image_folder / name) for name in ("0.png", "1.jpg", "2.png")]
     for extra in ([], ["--tta", "10crop", "--topk", "2"]):  # 10crop: batches of 30 crops
         expected = run_cli(capsys, *good, "--checkpoint", str(checkpoint_file), *extra)
-        answer = run_cli(capsys, *good, "--checkpoint", str(exported[suffix][0]), *extra)
+        answer = run_cli(capsys, *good, "--checkpoint", str(exported(suffix)[0]), *extra)
         assert expected[0] == 0 and answer == expected  # the same classes and percentages, as printed
     assert len(expected[1].splitlines()) == 3 * 3
     # --json prints the probabilities in full: equal to rounding.
     expected, answer = [
-        run_cli(capsys, *good, "--checkpoint", str(f), "--json")[1] for f in (checkpoint_file, exported[suffix][0])
+        run_cli(capsys, *good, "--checkpoint", str(f), "--json")[1] for f in (checkpoint_file, exported(suffix)[0])
     ]
     for line, expected_line in zip(answer.splitlines(), expected.splitlines(), strict=True):
         top, expected_top = json.loads(line)["predictions"], json.loads(expected_line)["predictions"]
@@ -411,13 +414,13 @@ def test_an_export_onto_a_full_disk_is_one_line(tmp_path: Path, monkeypatch, exp
 
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_an_exported_file_with_flipped_bytes_is_refused_as_damaged(
-    exported: dict[str, tuple[Path, str]], suffix: str, tmp_path: Path
+    exported: Exported, suffix: str, tmp_path: Path
 ) -> None:
-    data = bytearray(exported[suffix][0].read_bytes())
+    data = bytearray(exported(suffix)[0].read_bytes())
     middle = len(data) // 2  # inside fc6's weight, the bulk of the file
     data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
     damaged = tmp_path / f"damaged{suffix}"
     damaged.write_bytes(bytes(data))
     with pytest.raises(ExportError, match=r"damaged: its weights are not the ones written \(their checksum differs"):
         load_exported(damaged)
-    load_exported(exported[suffix][0])  # the intact file reads
+    load_exported(exported(suffix)[0])  # the intact file reads

@@ -4,6 +4,8 @@ Where a test checks only the layers, their shapes or counts, the model (and its 
 as in test_alexnet.py: the same shapes, without the init's half second of random numbers.
 """
 
+import copy
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +21,13 @@ PRESETS: dict[str, Callable[..., AlexNet]] = {
     "paper": AlexNet.paper,
     "torchvision": AlexNet.torchvision,
 }
+
+
+@functools.cache
+def paper_model() -> AlexNet:
+    """AlexNet.paper(10), seeded and built once for the module, for the tests that only read it."""
+    torch.manual_seed(0)
+    return AlexNet.paper(10)
 
 
 def count(model: nn.Module) -> int:
@@ -82,7 +91,7 @@ def test_lrn_matches_the_formula() -> None:
 
 
 def test_groups_two_on_conv2_conv4_conv5_only() -> None:
-    model = AlexNet.paper(10)
+    model = paper_model()
     assert [conv.groups for conv in convs(model)] == [1, 2, 1, 2, 2]
     with torch.device("meta"):
         assert [conv.groups for conv in convs(AlexNet(10))] == [1, 1, 1, 1, 1]
@@ -105,7 +114,7 @@ def test_groups_two_on_conv2_conv4_conv5_only() -> None:
 
 @pytest.mark.parametrize("init, fc_std, one", [("paper", 0.01, 1.0), ("caffe", 0.005, 0.1)])
 def test_paper_and_caffe_init(init: str, fc_std: float, one: float) -> None:
-    model = AlexNet.paper(10, init=init)
+    model = paper_model() if init == "paper" else AlexNet.paper(10, init=init)
     conv1, conv2, conv3, conv4, conv5 = convs(model)
     fc6, fc7, fc8 = linears(model)
     for layer, std in [(conv1, 0.01), (conv2, 0.01), (conv3, 0.01), (conv4, 0.01), (conv5, 0.01),
@@ -222,7 +231,7 @@ def test_unknown_options_are_rejected() -> None:
 
 
 def test_gradients_reach_every_parameter_of_the_paper_preset() -> None:
-    model = AlexNet.paper(num_classes=10)
+    model = copy.deepcopy(paper_model())  # a copy: backward() leaves gradients in it
     loss = F.cross_entropy(model(torch.randn(4, 3, 67, 67)), torch.arange(4))
     loss.backward()
     for name, parameter in model.named_parameters():
