@@ -46,6 +46,13 @@ def save(figure, path: Path) -> None:
     figure.savefig(path, dpi=DPI, format="png")
 
 
+def hide_axes(ax) -> None:
+    """No frame, ticks or tick labels around an image. The empty tick lists save time: matplotlib lays out the
+    ticks of an axes turned off all the same, for each title (neighbours.png's 35 images: 2.1 s -> 0.6 s)."""
+    ax.set(xticks=[], yticks=[])
+    ax.axis("off")
+
+
 def to_display(image: torch.Tensor) -> tuple[np.ndarray, dict]:
     """(C, H, W) uint8 -> an (H, W, 3) or (H, W) array and the imshow options that show it unchanged."""
     if image.dtype != torch.uint8 or image.ndim != 3:
@@ -140,7 +147,7 @@ def plot_filters(weight: torch.Tensor, path: Path, groups: int = 1) -> None:
     count, channels, height, width = weight.shape
     towers = f", {groups} towers" if groups > 1 else ""
     ax.set_title(f"conv1: {count} kernels of {height}x{width}x{channels}{towers}")
-    ax.axis("off")
+    hide_axes(ax)
     figure.tight_layout()
     save(figure, path)
 
@@ -176,7 +183,7 @@ def plot_predictions(
     figure = new_figure((PREDICTION_CELL[0] * columns, PREDICTION_CELL[1] * rows))
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for index, ax in enumerate(axes):
-        ax.axis("off")
+        hide_axes(ax)
         if index >= count:
             continue
         array, options = to_display(images[index])
@@ -248,7 +255,7 @@ def plot_topk(image: torch.Tensor, topk: list[tuple[str, float]], path: Path, ti
     ax_image, ax_bars = figure.subplots(1, 2, width_ratios=[1, 1.4])
     array, options = to_display(image)
     ax_image.imshow(array, **options)
-    ax_image.axis("off")
+    hide_axes(ax_image)
     if title:
         ax_image.set_title(title, fontsize=10)
     names = [name for name, _ in topk]
@@ -305,7 +312,7 @@ def plot_neighbours(
         for column, (ax, image, label) in enumerate(zip(axes[row], images, labels)):
             array, options = to_display(image)
             ax.imshow(array, **options)
-            ax.axis("off")
+            hide_axes(ax)
             if column == 0:
                 ax.set_title(f"query: {classes[label]}", fontsize=9, fontweight="bold")
             else:
