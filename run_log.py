@@ -55,11 +55,13 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir))
 
 
-def log_epoch(run_dir: Path, metrics: list[dict], row: dict, writer=None) -> None:
-    """Record one epoch's row: metrics.jsonl, curves.png and, with a writer, TensorBoard scalars."""
+def log_epoch(run_dir: Path, metrics: list[dict], row: dict, writer=None, curves: bool = True) -> None:
+    """Record one epoch's row: metrics.jsonl, curves.png (unless `curves` is False) and, with a writer,
+    TensorBoard scalars."""
     metrics.append(row)
     write_metrics(run_dir / "metrics.jsonl", metrics)
-    plot_curves(metrics, run_dir / "curves.png")
+    if curves:
+        plot_curves(metrics, run_dir / "curves.png")
     if writer is not None:
         for key, value in row.items():
             if key != "epoch":

@@ -391,6 +391,13 @@ def add_run_flags(parser: argparse.ArgumentParser, defaults: DataConfig) -> None
         action="store_true",
         help="also write TensorBoard scalars into the run directory (needs the tensorboard package)",
     )
+    group.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw the pictures: curves.png every epoch, the filters, predictions, confusion matrix and nearest "
+        "neighbours at the end (--no-plots: a few seconds less per run, metrics.jsonl alone)",
+    )
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1191,8 +1198,8 @@ def finish_epoch(
         record.best_top1, record.best_weights = top1, best_weights
     if run.setup.rank != 0:  # rank 0 writes everything
         return
-    log_epoch(run.run_dir, record.metrics, row, record.writer)
-    if epoch == args.epochs or run.stop.signal:  # the other pictures once, at the end (a second or two each)
+    log_epoch(run.run_dir, record.metrics, row, record.writer, curves=args.plots)
+    if args.plots and (epoch == args.epochs or run.stop.signal):  # the other pictures once, at the end
         save_pictures(run, training.model, val)
     state = checkpoint_state(run, training, record, epoch)
     save_checkpoint(state, run.run_dir / "last.pt")
