@@ -133,8 +133,9 @@ def copy_run(run_dir: Path, work: Path, name: str | None = None) -> Path:
     return copy
 
 
-# The built-in shapes, tiny: 64 training images in batches of 16 (4 steps an epoch, every step logged).
-TINY_SHAPES = ["--train-size", "64", "--val-size", "16", "--batch-size", "16", "--log-interval", "1"]
+# The built-in shapes, tiny: 64 training images in batches of 16 (4 steps an epoch, every step logged), and no
+# pictures (3-7 s a run here; test_scripts.py checks every picture of a run, test_plots.py each alone).
+TINY_SHAPES = ["--train-size", "64", "--val-size", "16", "--batch-size", "16", "--log-interval", "1", "--no-plots"]
 
 
 @pytest.fixture(scope="session")

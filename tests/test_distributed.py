@@ -68,6 +68,7 @@ def test_two_processes_write_one_run_with_exact_validation_and_resume_in_one(tmp
 def test_one_step_on_two_processes_equals_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     # No dropout, no warm-up (a full-size step), the same seed: only the split of the batch differs.
     common = [*SHAPES, "--epochs", "1", "--max-steps", "1", "--dropout", "0", "--warmup-steps", "0", "--lr", "0.05"]
+    common += ["--no-plots"]  # the weights are what is compared
     torchrun(*common, "--batch-size", "8", "--name", "two", cwd=tmp_path)
     run("train.py", *common, "--batch-size", "16", "--name", "one", cwd=tmp_path)
     two = torch.load(tmp_path / "runs" / "two" / "last.pt", weights_only=True)["model"]
@@ -93,6 +94,7 @@ def test_a_dead_process_ends_the_whole_job(tmp_path: Path) -> None:
         "5",
         "--name",
         "dies",
+        "--no-plots",
     ]
     env = {**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(

@@ -331,7 +331,13 @@ def test_no_imagenet_at_all_says_what_is_expected(work: Path) -> None:
 @pytest.mark.slow
 def test_train_on_kaggle_layout_then_inference_prints_names_and_bad_input_is_one_line(work: Path) -> None:
     root = write_kaggle(work / "kaggle", ["n01440764", "n02111889"])
-    paper = ["--recipe", "paper", "--name", "kaggle"]  # the paper's network, crops and lighting, cut short
+    paper = [
+        "--recipe",
+        "paper",
+        "--name",
+        "kaggle",
+        "--no-plots",
+    ]  # the paper's network, crops and lighting, cut short
     run("train.py", "--dataset", "imagenet", "--data-root", str(root), *paper, *TRAIN_FLAGS, cwd=work)
     checkpoint = torch.load(work / "runs" / "kaggle" / "best.pt", weights_only=True, mmap=True)
     assert checkpoint["model_config"]["lrn"] and checkpoint["args"]["lighting"] == 0.1  # --recipe paper applied
@@ -517,7 +523,7 @@ def test_train_on_the_official_archives_then_inference_prints_names(
     write_archives(root, ["n01440764", "n02111889"])
     # In this process, not a subprocess: torchvision's MD5 check is patched here.
     flags = ["--dataset", "imagenet", "--data-root", str(root), "--out-dir", str(work / "runs"), "--name", "archives"]
-    train.main([*flags, *TRAIN_FLAGS])
+    train.main([*flags, *TRAIN_FLAGS, "--no-plots"])  # (test_a_model_trained_on_wordnet_folders... draws them)
     image = root / "val" / "n02111889" / sorted(p.name for p in (root / "val" / "n02111889").iterdir())[0]
     capsys.readouterr()
     status, out, _ = cli(capsys, str(image), "--checkpoint", str(work / "runs" / "archives" / "best.pt"))

@@ -104,7 +104,20 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
 def test_evaluate_with_flips_and_ten_crops(tmp_path: Path) -> None:
     """--tta in training validates every epoch that way; --evaluate with the same --tta repeats it."""
     write_folder(tmp_path / "folder")
-    run("train.py", "--data", "folder", "--image-size", "67", *TINY, "--tta", "flip", "--name", "a", cwd=tmp_path)
+    run(
+        "train.py",
+        "--data",
+        "folder",
+        "--image-size",
+        "67",
+        *TINY,
+        "--tta",
+        "flip",
+        "--name",
+        "a",
+        "--no-plots",
+        cwd=tmp_path,
+    )
     reports = {}
     for tta in ("none", "flip", "10crop"):
         result = run(
@@ -144,6 +157,7 @@ def test_evaluate_takes_the_checkpoints_channels(tmp_path: Path) -> None:
         *TINY,
         "--name",
         "gray",
+        "--no-plots",
         cwd=tmp_path,
     )
     result = run("train.py", "--data", "folder", "--evaluate", "runs/gray/best.pt", "--workers", "0", cwd=tmp_path)

@@ -54,6 +54,7 @@ def test_resume_after_an_epoch_is_bit_identical(straight_run: Path, one_epoch_ru
     copy_run(one_epoch_run, tmp_path, "split")  # `train.py *SHAPES --epochs 1`
     run("train.py", "--resume", "runs/split", "--epochs", "3", cwd=tmp_path)  # the run's own settings, and 3 epochs
     assert_same_training(straight_run, tmp_path / "runs" / "split")
+    assert not list((tmp_path / "runs" / "split").glob("*.png"))  # its --no-plots too
 
 
 @pytest.mark.slow

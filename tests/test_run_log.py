@@ -99,14 +99,16 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_
         return builtins.open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(atomic_files, "open", open_on_a_full_disk, raising=False)
-    # Three epochs, so that the second is not the last: no time spent drawing the end-of-run pictures.
+    # Three epochs, so that the second is not the last; --no-plots: no picture is drawn, not even the curves.
     tiny = ["--train-size", "16", "--val-size", "8", "--batch-size", "8", "--epochs", "3", "--workers", "0"]
     with pytest.raises(SystemExit) as stopped:
-        train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "full"])
+        train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "full", "--no-plots"])
     last = tmp_path / "full" / "last.pt"
     assert str(stopped.value).startswith(
         f"error: --out-dir {tmp_path}: {last}: no space left on the disk (0.0 MB written when it ran out, "
     ), stopped.value
     assert "free some space or write elsewhere" in str(stopped.value) and "\n" not in str(stopped.value)
     assert torch.load(last, weights_only=True)["epoch"] == 1  # the first epoch's checkpoint, intact
-    assert not list((tmp_path / "full").glob("*.tmp"))
+    assert not list((tmp_path / "full").glob("*.tmp")) and not list((tmp_path / "full").glob("*.png"))
+    # The rows of both epochs (the second's is written before its checkpoint; a resume drops it), without curves.
+    assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == 2
