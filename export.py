@@ -35,6 +35,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -229,12 +230,10 @@ def program_checksum(program: torch.export.ExportedProgram) -> str:
     return checksum({"state_dict": dict(program.state_dict), "constants": dict(program.constants)})
 
 
-def onnx_checksum(model: object) -> str:
-    """CRC-32 of an ONNX model's weights, its initializers (checkpoints.checksum)."""
-    from onnx import numpy_helper
-
-    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
-    return checksum(weights)
+def onnx_checksum(weights: dict[str, np.ndarray]) -> str:
+    """CRC-32 of an ONNX model's weights, {initializer name: array} (checkpoints.checksum): one function for the
+    weights about to be written (onnxscript's IR) and the ones read back (onnx's protobuf)."""
+    return checksum({name: torch.from_numpy(array.copy()) for name, array in weights.items()})
 
 
 def write_onnx(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
@@ -248,10 +247,9 @@ def write_onnx(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Pa
         dynamo=True,
         verbose=False,
     )
-    initializers = program.model.graph.initializers.items()  # the weights about to be written, as onnx_checksum reads
-    weights = {name: torch.from_numpy(value.const_value.numpy().copy()) for name, value in initializers}
+    initializers = program.model.graph.initializers.items()  # the weights about to be written
     program.model.metadata_props[METADATA_KEY] = metadata
-    program.model.metadata_props[CHECKSUM_KEY] = checksum(weights)
+    program.model.metadata_props[CHECKSUM_KEY] = onnx_checksum({n: v.const_value.numpy() for n, v in initializers})
     program.save(str(tmp))
 
 
@@ -350,8 +348,10 @@ def load_onnx(path: Path) -> tuple[nn.Module, str | None, str | None, str | None
     computed = stored
     if stored is not None and importlib.util.find_spec("onnx") is not None:  # in requirements.txt; else unchecked
         import onnx  # ONNX Runtime does not show the weights: read them once more
+        from onnx import numpy_helper
 
-        computed = onnx_checksum(onnx.load(str(path)))
+        initializers = onnx.load(str(path)).graph.initializer
+        computed = onnx_checksum({init.name: numpy_helper.to_array(init) for init in initializers})
     return OnnxRuntimeModel(session), properties.get(METADATA_KEY), stored, computed
 
 
