@@ -331,13 +331,8 @@ def test_no_imagenet_at_all_says_what_is_expected(work: Path) -> None:
 @pytest.mark.slow
 def test_train_on_kaggle_layout_then_inference_prints_names_and_bad_input_is_one_line(work: Path) -> None:
     root = write_kaggle(work / "kaggle", ["n01440764", "n02111889"])
-    paper = [
-        "--recipe",
-        "paper",
-        "--name",
-        "kaggle",
-        "--no-plots",
-    ]  # the paper's network, crops and lighting, cut short
+    # The paper's network, crops and lighting, cut short.
+    paper = ["--recipe", "paper", "--name", "kaggle", "--no-plots"]
     run("train.py", "--dataset", "imagenet", "--data-root", str(root), *paper, *TRAIN_FLAGS, cwd=work)
     checkpoint = torch.load(work / "runs" / "kaggle" / "best.pt", weights_only=True, mmap=True)
     assert checkpoint["model_config"]["lrn"] and checkpoint["args"]["lighting"] == 0.1  # --recipe paper applied

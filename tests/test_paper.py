@@ -104,20 +104,8 @@ def test_fine_tuning_torchvision_weights_from_the_cache(tmp_path: Path) -> None:
 def test_evaluate_with_flips_and_ten_crops(tmp_path: Path) -> None:
     """--tta in training validates every epoch that way; --evaluate with the same --tta repeats it."""
     write_folder(tmp_path / "folder")
-    run(
-        "train.py",
-        "--data",
-        "folder",
-        "--image-size",
-        "67",
-        *TINY,
-        "--tta",
-        "flip",
-        "--name",
-        "a",
-        "--no-plots",
-        cwd=tmp_path,
-    )
+    flags = ["--data", "folder", "--image-size", "67", *TINY, "--tta", "flip", "--name", "a", "--no-plots"]
+    run("train.py", *flags, cwd=tmp_path)
     reports = {}
     for tta in ("none", "flip", "10crop"):
         result = run(
