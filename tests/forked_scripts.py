@@ -6,7 +6,7 @@ times. Here one server process per pytest worker imports them once; each script 
 forked from it: a process of its own, with its own argv, folder, environment, stdin (/dev/null), stdout
 and stderr, exit status and process id, which runs the script's file as `__main__` from its first line,
 as `python script.py` would. What it does not share with `python script.py` is what an interpreter
-decides when it starts: the server starts with the scripts' environment (conftest.script_env), and a
+decides when it starts: the server starts with the scripts' environment (helpers.script_env), and a
 run whose environment differs from it in one of those variables (PYTHON*, LD_*, *_NUM_THREADS) runs in
 a real subprocess instead, as does every run when ALEXNET_TEST_SUBPROCESS=1 is set. What the server
 printed while importing (a library's import-time warning) is put at the head of each child's stderr,

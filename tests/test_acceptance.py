@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run
+from helpers import run
 
 import acceptance
 import bench

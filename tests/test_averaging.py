@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SHAPES, copy_run, run, shared_run
+from helpers import TINY_SHAPES, copy_run, run, shared_run
 
 pytestmark = pytest.mark.slow  # every test here trains in a subprocess
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, SCRIPT_ENV, devices, gpus, run, save_checkpoint_file
+from helpers import ROOT, SCRIPT_ENV, devices, gpus, run, save_checkpoint_file
 from PIL import Image
 
 from alexnet import AlexNet

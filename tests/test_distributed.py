@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPT_ENV, run
+from helpers import ROOT, SCRIPT_ENV, run
 
 SHAPES = ["--train-size", "64", "--val-size", "30", "--log-interval", "1", "--device", "cpu", "--amp", "off"]
 

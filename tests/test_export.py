@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, run, run_cli, shared_folder
+from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, run, run_cli, shared_folder
 from onnx import TensorProto, helper
 from PIL import Image
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import run
+from helpers import run
 from PIL import Image
 
 import inference

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
-from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, png_size, run_cli
+from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, png_size, run_cli
 from PIL import Image
 
 from alexnet import AlexNet

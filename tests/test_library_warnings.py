@@ -5,7 +5,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import CHECKPOINT_CLASSES, CHECKPOINT_PRESET
+from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET
 
 import export
 from alexnet import AlexNet

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import png_size
+from helpers import png_size
 
 import plots
 from alexnet import AlexNet

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from conftest import run
+from helpers import run
 from PIL import Image
 
 import packs

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import run
+from helpers import run
 from PIL import Image
 
 import train

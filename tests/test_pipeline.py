@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
-from conftest import devices, run
+from helpers import devices, run
 from PIL import Image
 
 import data_pipeline

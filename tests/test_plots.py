@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, png_size
+from helpers import ROOT, png_size
 from PIL import Image
 
 import plots

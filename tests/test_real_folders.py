@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from conftest import copy_run, run
+from helpers import copy_run, run
 from PIL import Image
 
 import train

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPT_ENV, TINY_SHAPES, copy_run, run, shared_run
+from helpers import ROOT, SCRIPT_ENV, TINY_SHAPES, copy_run, run, shared_run
 from PIL import Image
 
 import atomic_files

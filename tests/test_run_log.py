@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import png_size
+from helpers import png_size
 
 import train
 from run_log import ChanceWatch, check_tensorboard, log_epoch, read_metrics, tensorboard_writer

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, copy_run, png_size, run, shared_run
+from helpers import SHARED_DATA, copy_run, png_size, run, shared_run
 from PIL import Image
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--log-interval", "1"]

@@ -1,4 +1,4 @@
-"""The suite's own setup (conftest.py): the environment the scripts run in, and the fsync the suite skips."""
+"""The suite's own setup (conftest.py, helpers.py): the environment the scripts run in, the fsync it skips."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import THREADS, run
+from helpers import THREADS, run
 
 import atomic_files
 
@@ -70,7 +70,7 @@ if how == "sleep":
 
 @pytest.mark.slow
 def test_a_forked_script_ends_as_a_new_interpreter_would(tmp_path: Path) -> None:
-    """conftest.run forks the scripts from a process that imported torch (forked_scripts.py): each must
+    """helpers.run forks the scripts from a process that imported torch (forked_scripts.py): each must
     still end as `python script.py` does: exit status, stdout, stderr, folder, a process of its own."""
     script = tmp_path / "endings.py"
     script.write_text(ENDINGS)
