@@ -5,7 +5,7 @@
 `write_atomically` writes into a temporary file beside the target, flushes it to the disk, then
 renames it over the target: readers see the old file or the new one, never a mix. A full disk is
 one `DiskFullError` line (the file, what was written, what is free), whatever the writer raised. Checkpoints,
-metrics, result files and packs all write through it (or through `flush_to_disk` for files that
+metrics, pictures, result files and packs all write through it (or through `flush_to_disk` for files that
 grow in place). A leaf module: it imports nothing of ours.
 
 The flush (fsync) is what makes the new file survive a power cut, and it costs about a second per
@@ -27,9 +27,11 @@ class DiskFullError(OSError):
     """A write that ran out of disk space (or quota), as one line naming the file, what was written
     and what is free there. An OSError (ENOSPC), so that callers catching OSError still catch it."""
 
-    def __init__(self, path: Path, written: int) -> None:
+    def __init__(self, path: Path, written: int, needed: int | None = None) -> None:
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
-        needed = f", about {size_text(path.stat().st_size)} needed" if path.is_file() else ""  # the previous version
+        if needed is None and path.is_file():
+            needed = path.stat().st_size  # the size of the previous version
+        needed = f", about {size_text(needed)} needed" if needed else ""
         message = (
             f"{path}: no space left on the disk ({size_text(written)} written when it ran out, "
             f"{size_text(free)} free in {path.parent}{needed}); free some space or write elsewhere"
@@ -60,10 +62,12 @@ def flush_to_disk(fd: int) -> None:
         os.fsync(fd)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], needed: int | None = None) -> None:
     """write(file) into a temporary file in the same folder, flushed to disk, then renamed over
     `path`: a crash or a full disk mid-write leaves the previous file intact. The temporary name
-    carries the process id, so two processes writing the same file never write into one another's."""
+    carries the process id, so two processes writing the same file never write into one another's.
+    `needed`: about how many bytes the file takes, for the message of a full disk (default: the previous
+    version's size, if there is one)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -73,7 +77,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as error:
         if out_of_space(error):
-            raise DiskFullError(path, tmp.stat().st_size if tmp.exists() else 0) from None
+            written = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)  # first: the space it took is free again, and the message says so
+            raise DiskFullError(path, written, needed) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -81,4 +87,15 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def save_atomically(obj: object, path: Path) -> None:
     """torch.save, atomically (see write_atomically)."""
-    write_atomically(path, lambda f: torch.save(obj, f))
+    write_atomically(path, lambda f: torch.save(obj, f), needed=tensor_bytes(obj))
+
+
+def tensor_bytes(obj: object) -> int:
+    """The bytes of the tensors in `obj` and the dicts, lists and tuples in it: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0

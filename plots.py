@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomic_files import write_atomically
+
 DPI = 100
 CURVES_SIZE = (15.0, 4.5)  # inches: 1500 x 450 pixels
 FILTERS_SIZE = (9.0, 6.5)  # 900 x 650
@@ -39,11 +41,12 @@ def new_figure(size: tuple[float, float]):
 
 
 def save(figure, path: Path) -> None:
-    """Write `figure` to `path` as a PNG of exactly figsize x DPI pixels.
+    """Write `figure` to `path` as a PNG of exactly figsize x DPI pixels, atomically: a full disk leaves the
+    previous picture (curves.png is redrawn every epoch) whole, and is one DiskFullError naming the file.
 
     No bbox_inches="tight": it would trim the margins and make the size depend on the contents.
     """
-    figure.savefig(path, dpi=DPI, format="png")
+    write_atomically(Path(path), lambda file: figure.savefig(file, dpi=DPI, format="png"))
 
 
 def hide_axes(ax) -> None:

@@ -124,4 +124,5 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str],
     folder.mkdir(exist_ok=True)
     for i, index in enumerate(sample_indices(count, len(labels))):
         name = classes[int(labels[index])].replace("/", "_").replace(" ", "_")
-        TF.to_pil_image(images[index].cpu()).save(folder / f"{i:02d}_{name}.png")
+        image = TF.to_pil_image(images[index].cpu())
+        write_atomically(folder / f"{i:02d}_{name}.png", lambda file, image=image: image.save(file, format="PNG"))

@@ -326,6 +326,13 @@ def add_optimisation_flags(group: argparse._ArgumentGroup, defaults: DataConfig)
         help="stop each epoch (training and validation) after this many batches: for smoke tests",
     )
     group.add_argument(
+        "--divergence-limit",
+        type=float,
+        default=100.0,
+        help="stop (exit 1, keeping the last good checkpoint) once the training loss passes this many times chance, "
+        "ln(classes), the loss of a network that has learned nothing: its steps are too large; 0: go on regardless",
+    )
+    group.add_argument(
         "--ema",
         type=float,
         default=None,
@@ -497,7 +504,8 @@ def bad_value(args: argparse.Namespace) -> str | None:
             return f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
     if args.lr <= 0:
         return f"--lr must be positive, got {args.lr}"
-    for flag in ("workers", "warmup_steps", "max_bad_files", "weight_decay", "momentum", "lighting"):
+    for flag in ("workers", "warmup_steps", "max_bad_files", "weight_decay", "momentum", "lighting",
+                 "divergence_limit"):  # fmt: skip
         if getattr(args, flag) < 0:
             return f"--{flag.replace('_', '-')} cannot be negative, got {getattr(args, flag)}"
     if args.max_steps is not None and args.max_steps < 1:
@@ -606,7 +614,8 @@ def main(argv: list[str] | None = None) -> None:
     training = make_training(args, setup, model, forward, data.train.num_batches())
 
     # Output: a new run directory, or the interrupted run's -------------------------------------
-    run_dir = resume_file(args.resume).parent if resume is not None else new_run_dir(args, setup, data)
+    with disk_errors(args):  # (samples/ are a new run's first files)
+        run_dir = resume_file(args.resume).parent if resume is not None else new_run_dir(args, setup, data)
     run, record = Run(args, setup, data, run_dir, StopSignal()), Record()
     start_epoch, partial = restore(run, training, record, resume) if resume is not None else (1, None)
     record.writer = tensorboard_writer(run_dir) if args.tensorboard and setup.rank == 0 else None
@@ -756,7 +765,7 @@ def disk_errors(args: argparse.Namespace):
         if not out_of_space(error):
             raise
         where = str(error)  # a DiskFullError names the file and the space
-        if not isinstance(error, DiskFullError):  # a picture (matplotlib writes the file itself)
+        if not isinstance(error, DiskFullError):  # a writer of its own (TensorBoard's)
             where = f"{getattr(error, 'filename', None) or args.out_dir}: no space left on the disk; free some space"
         raise SystemExit(f"error: --out-dir {args.out_dir}: {where}") from None
 
@@ -1104,6 +1113,9 @@ def check_progress(run: Run, training: Training, totals: EpochTotals, epoch: int
         show_progress(bar, step, loss_sum / totals.seen, hits / totals.seen, time.perf_counter() - started)
     window_loss, window_seen = loss_sum - totals.synced[0], totals.seen - totals.synced[1]
     totals.synced = (loss_sum, totals.seen)
+    limit = args.divergence_limit * math.log(classes)
+    if window_seen and args.divergence_limit > 0 and window_loss / window_seen > limit:
+        diverged(run, epoch, step, window_loss / window_seen, limit=args.divergence_limit)
     if window_seen and training.chance.far_above(window_loss / window_seen, classes):
         run.log(
             f"warning: the training loss is {window_loss / window_seen:.4g} at epoch {epoch}, step {step}, far above "
@@ -1128,14 +1140,17 @@ def stop_if_asked(run: Run, epoch: int) -> None:
         raise SystemExit(128 + run.stop.signal)
 
 
-def diverged(run: Run, epoch: int, step: int, loss: float, which: str = "training") -> None:
-    """Stop on a non-finite loss, pointing at the last good checkpoint (never overwritten with NaNs)."""
+def diverged(run: Run, epoch: int, step: int, loss: float, which: str = "training", limit: float = 0.0) -> None:
+    """Stop on a non-finite loss, or one past `limit` times chance (--divergence-limit), pointing at the last
+    good checkpoint (never overwritten with the blown-up weights)."""
     last = run.run_dir / "last.pt"
     where = f"; the last good checkpoint is {last}" if last.exists() else ""
     when = f"after epoch {epoch}" if which == "validation" else f"at epoch {epoch}, step {step}"
+    became = f"reached {loss:.4g}, over --divergence-limit {limit:g} times chance," if limit else f"became {loss}"
+    go_on = ", or --divergence-limit 0 to go on" if limit else ""
     raise SystemExit(
-        f"error: the {which} loss became {loss} {when}{where} (not overwritten); "
-        f"lower --lr (now {run.args.lr}) or raise --warmup-steps (now {run.args.warmup_steps})"
+        f"error: the {which} loss {became} {when}{where} (not overwritten); "
+        f"lower --lr (now {run.args.lr}) or raise --warmup-steps (now {run.args.warmup_steps}){go_on}"
     )
 
 

@@ -15,11 +15,12 @@ from helpers import ROOT, SCRIPT_ENV, TINY_SHAPES, copy_run, run, shared_run
 from PIL import Image
 
 import atomic_files
+import checkpoints
 import folders
 import train
 from atomic_files import save_atomically
 from data_pipeline import DataConfig, load_data
-from errors import DataError
+from errors import CheckpointError, DataError
 from presets import train_transform
 
 # 64 images, batches of 16: 4 steps an epoch, every step logged (those of conftest's one_epoch_run).
@@ -99,6 +100,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch_run:
     )
     assert f"the last good checkpoint is {Path('runs/nan/last.pt')}" in result.stderr.replace(str(tmp_path) + "/", "")
     assert (run_dir / "best.pt").read_bytes() == best and (run_dir / "last.pt").read_bytes() == last
+
+
+@pytest.mark.slow
+def test_a_loss_past_the_divergence_limit_stops_unless_the_limit_is_off(one_epoch_run: Path, tmp_path: Path) -> None:
+    """A loss far above chance stops the run as a non-finite one does; --divergence-limit 0 lets it go on. Here a
+    limit of half of chance trips at once: the tiny run's loss is still near chance in its second epoch."""
+    run_dir = copy_run(one_epoch_run, tmp_path, "boom")  # `train.py *SHAPES --epochs 1`
+    best, last = (run_dir / "best.pt").read_bytes(), (run_dir / "last.pt").read_bytes()
+    limit = ["--divergence-limit", "0.5", "--log-interval", "1"]  # checked at every step (at each log line)
+    result = run("train.py", "--resume", "runs/boom", "--epochs", "2", *limit, cwd=tmp_path, check=False)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = result.stderr.strip().replace(str(tmp_path) + "/", "")
+    assert line.startswith("error: the training loss reached ") and "over --divergence-limit 0.5 times chance," in line
+    last_path = Path("runs/boom/last.pt")
+    assert f"at epoch 2, step 1; the last good checkpoint is {last_path} (not overwritten); lower --lr" in line
+    assert line.endswith("or --divergence-limit 0 to go on")
+    assert (run_dir / "best.pt").read_bytes() == best and (run_dir / "last.pt").read_bytes() == last
+    run("train.py", "--resume", "runs/boom", "--epochs", "2", "--divergence-limit", "0", cwd=tmp_path)
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -310,6 +330,24 @@ def test_class_names_match_across_unicode_forms(tmp_path: Path, capsys: pytest.C
     (root / "train" / composed).mkdir()  # both forms in train/: which one is meant?
     with pytest.raises(DataError, match=r"two class folders named café that differ only in their Unicode form"):
         load(root, tmp_path)
+
+
+def test_a_checkpoints_classes_match_the_data_across_unicode_forms() -> None:
+    """--resume and --evaluate compare the checkpoint's class names with the data's as folders.py compares
+    val/ with train/: in NFC. The same names in another form pass unless they sort into another order."""
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    checkpoints.check_same_classes({"classes": ["a", decomposed]}, ["a", composed], Path("best.pt"))  # no error
+    saved, here = sorted([decomposed, "caff"]), sorted([composed, "caff"])
+    assert saved == [decomposed, "caff"] and here == ["caff", composed]  # e < f, but é > f
+    with pytest.raises(CheckpointError) as caught:
+        checkpoints.check_same_classes({"classes": saved}, here, Path("best.pt"))
+    assert str(caught.value) == (
+        "best.pt: the checkpoint's classes are this data's written in another Unicode form (NFC or NFD), which "
+        "sorts them in another order, so the labels would not match; rename this data's class folders as the "
+        "checkpoint writes them"
+    )
+    with pytest.raises(CheckpointError, match=r"classes are not this data's \('a' there, 'b' here\)"):
+        checkpoints.check_same_classes({"classes": ["a", composed]}, ["b", composed], Path("best.pt"))
 
 
 def test_a_class_folder_that_cannot_be_read_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -83,32 +83,80 @@ def test_a_validation_loss_that_is_not_finite_stops_and_writes_no_checkpoint(tmp
     assert not list((tmp_path / "nan").glob("*.pt")) and not (tmp_path / "nan" / "metrics.jsonl").exists()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
-def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+def fill_the_disk_at(monkeypatch: pytest.MonkeyPatch, name: str, nth: int) -> None:
+    """From the `nth` time on that atomic_files opens a temporary file for `name`, the file is /dev/full (every
+    write fails with ENOSPC): the disk fills up at that moment."""
     import builtins
 
     import atomic_files
 
     opened = []
 
-    def open_on_a_full_disk(file, mode="r", *args, **kwargs):  # the second last.pt goes to a disk with no space
-        if str(file).endswith(".tmp") and Path(file).name.startswith("last.pt"):
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".tmp") and Path(file).name.startswith(name):
             opened.append(file)
-            if len(opened) == 2:
+            if len(opened) >= nth:
                 return builtins.open("/dev/full", mode, *args, **kwargs)
         return builtins.open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(atomic_files, "open", open_on_a_full_disk, raising=False)
-    # Three epochs, so that the second is not the last; --no-plots: no picture is drawn, not even the curves.
-    tiny = ["--train-size", "16", "--val-size", "8", "--batch-size", "8", "--epochs", "3", "--workers", "0"]
+
+
+def stopped_tiny_run(tmp_path: Path, epochs: int, *extra: str) -> str:
+    """train.main on 16 built-in images in batches of 8 (two steps an epoch) into tmp_path/full: the line it
+    stopped with (it must stop)."""
+    tiny = ["--train-size", "16", "--val-size", "8", "--batch-size", "8", "--epochs", str(epochs), "--workers", "0"]
     with pytest.raises(SystemExit) as stopped:
-        train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "full", "--no-plots"])
+        train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "full", *extra])
+    return str(stopped.value)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    fill_the_disk_at(monkeypatch, "last.pt", 2)  # the second last.pt goes to a disk with no space
+    # Three epochs, so that the second is not the last; --no-plots: no picture is drawn, not even the curves.
+    message = stopped_tiny_run(tmp_path, 3, "--no-plots")
     last = tmp_path / "full" / "last.pt"
-    assert str(stopped.value).startswith(
+    assert message.startswith(
         f"error: --out-dir {tmp_path}: {last}: no space left on the disk (0.0 MB written when it ran out, "
-    ), stopped.value
-    assert "free some space or write elsewhere" in str(stopped.value) and "\n" not in str(stopped.value)
+    ), message
+    assert "free some space or write elsewhere" in message and "\n" not in message
     assert torch.load(last, weights_only=True)["epoch"] == 1  # the first epoch's checkpoint, intact
     assert not list((tmp_path / "full").glob("*.tmp")) and not list((tmp_path / "full").glob("*.png"))
     # The rows of both epochs (the second's is written before its checkpoint; a resume drops it), without curves.
     assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_full_disk_while_drawing_keeps_the_previous_picture(tmp_path: Path, monkeypatch) -> None:
+    """curves.png is redrawn every epoch: the second drawing finds the disk full. The first stays whole."""
+    fill_the_disk_at(monkeypatch, "curves.png", 2)
+    message = stopped_tiny_run(tmp_path, 3)
+    curves = tmp_path / "full" / "curves.png"
+    assert message.startswith(f"error: --out-dir {tmp_path}: {curves}: no space left on the disk (")
+    assert "\n" not in message
+    assert png_size(curves) == (1500, 450)  # the first epoch's picture, whole
+    assert not list((tmp_path / "full").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_disk_full_before_the_first_epoch_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """The sample images are a new run's first files: a disk already full is the same one line, not a traceback."""
+    fill_the_disk_at(monkeypatch, "00_", 1)
+    message = stopped_tiny_run(tmp_path, 1)
+    samples = tmp_path / "full" / "samples"
+    assert message.startswith(f"error: --out-dir {tmp_path}: {samples}/00_") and "\n" not in message
+    assert ".png: no space left on the disk (0.0 MB written when it ran out, " in message
+    assert not list((tmp_path / "full").rglob("*.tmp")) and not list((tmp_path / "full").rglob("*.pt"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_first_checkpoint_on_a_full_disk_says_about_how_much_it_needs(tmp_path: Path, monkeypatch) -> None:
+    from atomic_files import DiskFullError, save_atomically
+
+    fill_the_disk_at(monkeypatch, "last.pt", 1)
+    with pytest.raises(DiskFullError) as caught:  # no previous version to go by: the tensors' bytes
+        save_atomically({"model": {"w": torch.zeros(1_000_000)}, "epoch": 1}, tmp_path / "last.pt")
+    assert str(caught.value).startswith(f"{tmp_path / 'last.pt'}: no space left on the disk (0.0 MB written when it ")
+    assert "about 4.0 MB needed); free some space or write elsewhere" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
