@@ -152,7 +152,8 @@ def verify_checksum(checkpoint: dict, path: Path) -> None:
     if "checksum" in checkpoint and checksum(checkpoint) != checkpoint["checksum"]:
         raise CheckpointError(
             f"{path}: damaged: its tensors are not the ones written (their checksum differs: bytes changed on the "
-            "disk or in a copy); use another copy (last.pt and best.pt are separate files) or train again"
+            "disk or in a copy); restore it from a copy or train again (last.pt and best.pt are separate files: "
+            "--evaluate and inference.py read either)"
         )
 
 

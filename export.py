@@ -125,7 +125,8 @@ def export_model(
     model.cpu().eval()  # exported from the CPU, in fp32 as trained; put back where it was below
     metadata = export_metadata(model, meta)
     example = torch.randn(2, *input_shape(meta["preprocess"]))  # batch 2: a batch of 1 would be specialised
-    tmp = path.with_name(f".{path.stem}.partial{suffix}")  # hidden, beside the target: the rename cannot fail
+    # Hidden, beside the target (the rename cannot fail), and this process's own (two exports never meet).
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{suffix}")
     try:
         # The plain model: speedups.fast_forward's fold depends on the batch size, a Python branch that
         # torch.export would trace once, for the example batch, and keep for every batch size.

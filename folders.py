@@ -30,6 +30,8 @@ def folder_classes(root: Path, setting: str = "data") -> list[str]:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"no {split}/ folder; expected {root}/train/<class>/* and {root}/val/<class>/*", setting)
+        if not os.access(root / split, os.R_OK | os.X_OK):
+            raise DataError(f"{root / split}: cannot be read (permission denied); fix its permissions", setting)
     # Hidden folders (.ipynb_checkpoints, .git, ...) are never classes.
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:

@@ -358,6 +358,9 @@ def test_a_class_folder_that_cannot_be_read_says_so(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(folders.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
     with pytest.raises(DataError, match=r"train/b: cannot be read \(permission denied\); fix its permissions"):
         load(root, tmp_path)
+    locked = root / "val"  # the split's own folder: the same line, not a traceback from listing it
+    with pytest.raises(DataError, match=r"f/val: cannot be read \(permission denied\); fix its permissions"):
+        load(root, tmp_path)
 
 
 def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:

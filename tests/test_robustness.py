@@ -597,7 +597,9 @@ def tiny_model(channels: int) -> AlexNet:
     return MODELS[channels]
 
 
-def test_flipped_bytes_in_a_checkpoints_tensors_are_found(tmp_path: Path) -> None:
+def test_flipped_bytes_in_a_checkpoints_tensors_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """torch.load reads damaged tensor data without a word; the checksum save_checkpoint stores catches it."""
     from alexnet import AlexNet
     from checkpoints import read_checked_checkpoint, save_checkpoint
@@ -618,3 +620,7 @@ def test_flipped_bytes_in_a_checkpoints_tensors_are_found(tmp_path: Path) -> Non
     assert torch.load(path, weights_only=True)["model"].keys() == state["model"].keys()  # torch sees nothing
     with pytest.raises(CheckpointError, match=r"best\.pt: damaged: its tensors are not the ones written"):
         read_checked_checkpoint(path)
+    Image.new("RGB", (80, 80), (200, 30, 30)).save(tmp_path / "x.png")  # inference.py says so, classifying nothing
+    status, out, err = run_cli(monkeypatch, capsys, "--checkpoint", str(path), str(tmp_path / "x.png"))
+    assert status == 1 and out == "" and err.startswith(f"error: {path}: damaged: ") and err.count("\n") == 1
+    assert "restore it from a copy or train again" in err
