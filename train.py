@@ -138,10 +138,6 @@ NOT_RESUMED = {
     "workers",
     "log_interval",
     "compile",
-    "loader",
-    "pack_dir",
-    "pack_format",
-    "cache_dir",
     "out_dir",
     "name",
     "tensorboard",
@@ -468,7 +464,7 @@ def resolve_settings(defaults: dict, given: dict, resumed: dict | None = None, e
     | the parser's defaults (DataConfig's for data)     | all                                            |
     | `--recipe NAME` (RECIPES)                         | the recipe's                                   |
     | the checkpoint of `--resume` (its "args")         | all but NOT_RESUMED (where and how to compute, |
-    |                                                   | what to write, loaders: this machine's choice) |
+    |                                                   | what to write: this machine's choice)          |
     | the command line                                  | those given (e.g. a larger --epochs)           |
     | the checkpoint of `--evaluate` (its "preprocess") | image_size, in_channels (the model's input)    |
 

@@ -65,6 +65,9 @@ def test_each_source_wins_over_the_ones_above_it_in_the_table() -> None:
     # where the data is comes back too: `--resume` alone continues a `--dataset imagenet --data-root DIR` run
     settings = train.resolve_settings(defaults, {}, {**resumed, "dataset": "imagenet", "data_root": "/imagenet"})
     assert (settings["dataset"], settings["data_root"]) == ("imagenet", "/imagenet")
+    # and where its pack and decode cache are: a resumed ImageNet run does not pack or decode it all again
+    kept = {"loader": "packed", "pack_dir": "/nvme/packs", "pack_format": "jpeg", "cache_dir": "/nvme/cache"}
+    assert {key: train.resolve_settings(defaults, {}, {**resumed, **kept})[key] for key in kept} == kept
     # --evaluate's checkpoint over the command line, for the model's input
     settings = train.resolve_settings(defaults, {"image_size": 224}, None, {"image_size": 99, "in_channels": 1})
     assert (settings["image_size"], settings["in_channels"]) == (99, 1)
