@@ -418,7 +418,8 @@ def host_memory_bytes() -> int | None:
 
 
 def packs_dir(config: DataConfig) -> Path:
-    return Path(config.pack_dir) if config.pack_dir else Path(config.data_root) / "packs"
+    """pack_dir, or <data_root>/packs, or data/packs where data_root cannot be written (see writable_under)."""
+    return Path(config.pack_dir) if config.pack_dir else writable_under(Path(config.data_root), "packs")
 
 
 def load_packed(
@@ -426,6 +427,9 @@ def load_packed(
 ) -> Data:  # fmt: skip
     """Both splits from their packs in format `fmt`, packed first where needed (see packs.build_pack)."""
     files, bad = [], []
+    if not config.pack_dir and packs_dir(config) != Path(config.data_root) / "packs":
+        print(f"note: {config.data_root} cannot be written (read-only data?): the packs go to {packs_dir(config)}/ "
+              "instead (--pack-dir chooses another)")  # fmt: skip
     for split_dir, samples in ((listing.train_dir, listing.train), (listing.val_dir, listing.val)):
         path, meta = build_pack(packs_dir(config), split_dir, samples, channels, store_size, config.workers, fmt)
         files.append(PackedFiles(path, meta))
@@ -482,19 +486,26 @@ def decode_folder_splits(
     return train_images, train_labels, val_images, val_labels
 
 
-FALLBACK_CACHE_DIR = Path("data") / "cache"  # the default data root's, under the working directory
+FALLBACK_DATA_ROOT = Path("data")  # the default data root, under the working directory
+
+
+def writable_under(data_root: Path, name: str) -> Path:
+    """<data_root>/<name>, or data/<name> where data_root cannot be written: ImageNet on read-only shared
+    storage would otherwise be decoded again by every run, or could not be packed at all."""
+    default, fallback = data_root / name, FALLBACK_DATA_ROOT / name
+    nearest = next((path for path in (default, *default.parents) if path.exists()), Path("."))
+    if os.access(nearest, os.W_OK | os.X_OK) or default.resolve() == fallback.resolve():
+        return default
+    return fallback
 
 
 def decode_cache_dir(data_root: Path) -> Path:
-    """<data_root>/cache, or data/cache (with a note) where data_root cannot be written: ImageNet on
-    read-only shared storage would otherwise be decoded again by every run."""
-    default = data_root / "cache"
-    nearest = next((path for path in (default, *default.parents) if path.exists()), Path("."))
-    if os.access(nearest, os.W_OK | os.X_OK) or default.resolve() == FALLBACK_CACHE_DIR.resolve():
-        return default
-    print(f"note: {data_root} cannot be written (read-only data?): the decode cache goes to {FALLBACK_CACHE_DIR}/ "
-          "instead (cache_dir, train.py --cache-dir, chooses another)")  # fmt: skip
-    return FALLBACK_CACHE_DIR
+    """<data_root>/cache, or data/cache (with a note) where data_root cannot be written."""
+    cache = writable_under(data_root, "cache")
+    if cache != data_root / "cache":
+        print(f"note: {data_root} cannot be written (read-only data?): the decode cache goes to {cache}/ instead "
+              "(train.py --cache-dir chooses another)")  # fmt: skip
+    return cache
 
 
 def report_bad_files(bad: list[str], max_bad_files: int) -> None:

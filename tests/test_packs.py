@@ -412,6 +412,26 @@ def test_ctrl_c_while_packing_in_train_py_exits_130_and_says_how_to_resume(
 # --- Invalidation and the automatic choice --------------------------------------------------------------
 
 
+def test_a_read_only_data_root_packs_under_the_working_directory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """ImageNet on read-only shared storage (as root every folder can be written: the operating system's answer
+    is stood in for): the packs go to data/packs under the working directory, as the decode cache does."""
+    import data_pipeline
+
+    root = write_folder(tmp_path / "d", train=3, val=2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real_access = data_pipeline.os.access
+    monkeypatch.setattr(data_pipeline.os, "access", lambda path, mode: Path(path) != shared and real_access(path, mode))
+    monkeypatch.chdir(tmp_path)
+    config = DataConfig(data=str(root), data_root=str(shared), loader="packed", image_size=67, workers=0, batch_size=4)
+    assert type(load_data(config, CPU).train) is Packed
+    note = f"note: {shared} cannot be written (read-only data?): the packs go to {Path('data/packs')}/ instead"
+    assert note + " (--pack-dir chooses another)" in capsys.readouterr().out
+    assert len(list((tmp_path / "data" / "packs").glob("*/pack.json"))) == 2 and not list(shared.iterdir())
+
+
 def test_a_changed_file_is_packed_again_and_auto_uses_the_pack_once_it_exists(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
