@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from atomic_files import DiskFullError
 from checkpoints import latest_checkpoint, load_checkpoint
 from engine import pick_device, predict
 from errors import BadImageError, CheckpointError, ExportError, first_sentence
@@ -276,11 +277,16 @@ def write_output(out: Path, paths: list[Path], results: list, problems: list) ->
     try:
         write_results(out, rows)
     except OSError as error:
-        print(
-            f"error: --output {out}: cannot write it ({error.strerror or error}); choose another path", file=sys.stderr
-        )
+        print(write_failure("--output", out, error, "it"), file=sys.stderr)
         return 1
     return 0
+
+
+def write_failure(flag: str, target: Path, error: OSError, what: str) -> str:
+    """The one line for a file that `flag` names and that could not be written."""
+    if isinstance(error, DiskFullError):
+        return f"error: {flag} {error}"  # the file, what was written and what is free
+    return f"error: {flag} {target}: cannot write {what} ({error.strerror or error}); choose another path"
 
 
 def class_ids(meta: dict) -> dict[str, str]:
@@ -312,9 +318,8 @@ def draw_plots(out: Path, paths: list[Path], indices: list[int], images: list, r
         target = plot_path(out, index, several)
         try:
             plot_topk(image, top, target, title=path.name)
-        except OSError as error:  # e.g. a directory of that name, or a folder we cannot write to
-            reason = error.strerror or error
-            print(f"error: --plot {target}: cannot write the picture ({reason}); choose another path", file=sys.stderr)
+        except OSError as error:  # e.g. a directory of that name, a folder we cannot write to, a full disk
+            print(write_failure("--plot", target, error, "the picture"), file=sys.stderr)
             unwritten += 1
     return unwritten
 

@@ -179,3 +179,22 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
         status = exit.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def fill_the_disk_at(monkeypatch: pytest.MonkeyPatch, name: str, nth: int) -> None:
+    """From the `nth` time on that atomic_files opens a temporary file for `name`, the file is /dev/full (every
+    write fails with ENOSPC): the disk fills up at that moment. Calls for several names add up."""
+    import builtins
+
+    import atomic_files
+
+    opened, previous = [], getattr(atomic_files, "open", builtins.open)
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".tmp") and Path(file).name.startswith(name):
+            opened.append(file)
+            if len(opened) >= nth:
+                return builtins.open("/dev/full", mode, *args, **kwargs)
+        return previous(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_files, "open", open_on_a_full_disk, raising=False)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
-from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, png_size, run_cli
+from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, fill_the_disk_at, png_size, run_cli
 from PIL import Image
 
 from alexnet import AlexNet
@@ -162,6 +162,24 @@ def test_cli_plot_one_image(tmp_path: Path, checkpoint_file: Path, capsys: pytes
     assert status == 0 and stdout.splitlines()[0] == f"{path}:"
     assert png_size(out) == (1000, 400)
     assert sorted(p.name for p in tmp_path.glob("top*")) == ["top.png"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_cli_plot_and_output_on_a_full_disk_are_one_line_each(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (path,) = write_images(tmp_path, 1)
+    plot, output = tmp_path / "top.png", tmp_path / "r.csv"
+    plot.write_bytes(b"an earlier picture")
+    fill_the_disk_at(monkeypatch, "top.png", 1)
+    fill_the_disk_at(monkeypatch, "r.csv", 1)
+    flags = ["--checkpoint", str(checkpoint_file), "--plot", str(plot), "--output", str(output)]
+    status, stdout, err = run_cli(capsys, str(path), *flags)
+    assert status == 1 and stdout.splitlines()[0] == f"{path}:"  # classified and printed; only the files failed
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(" no space left on the disk (" in line for line in lines), err
+    assert lines[0].startswith(f"error: --plot {plot}: no space") and lines[1].startswith(f"error: --output {output}:")
+    assert plot.read_bytes() == b"an earlier picture" and not output.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_cli_plot_several_images_numbers_them(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import png_size
+from helpers import fill_the_disk_at, png_size
 
 import train
 from run_log import ChanceWatch, check_tensorboard, log_epoch, read_metrics, tensorboard_writer
@@ -81,25 +81,6 @@ def test_a_validation_loss_that_is_not_finite_stops_and_writes_no_checkpoint(tmp
         train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "nan"])
     assert str(stopped.value).startswith("error: the validation loss became nan after epoch 1 (not overwritten); lower")
     assert not list((tmp_path / "nan").glob("*.pt")) and not (tmp_path / "nan" / "metrics.jsonl").exists()
-
-
-def fill_the_disk_at(monkeypatch: pytest.MonkeyPatch, name: str, nth: int) -> None:
-    """From the `nth` time on that atomic_files opens a temporary file for `name`, the file is /dev/full (every
-    write fails with ENOSPC): the disk fills up at that moment."""
-    import builtins
-
-    import atomic_files
-
-    opened = []
-
-    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
-        if str(file).endswith(".tmp") and Path(file).name.startswith(name):
-            opened.append(file)
-            if len(opened) >= nth:
-                return builtins.open("/dev/full", mode, *args, **kwargs)
-        return builtins.open(file, mode, *args, **kwargs)
-
-    monkeypatch.setattr(atomic_files, "open", open_on_a_full_disk, raising=False)
 
 
 def stopped_tiny_run(tmp_path: Path, epochs: int, *extra: str) -> str:
