@@ -18,7 +18,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-from atomic_files import save_atomically
+from atomic_files import DiskFullError, save_atomically
 from errors import BadImageError, DataError
 from image_files import IMAGE_EXTENSIONS, open_image, pil_to_uint8
 
@@ -291,11 +291,13 @@ def cached_decode(split_dir: Path, samples: list, channels: int, size: int, work
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(f"{prefix}-*.pt"):  # older versions of this folder
-            stale.unlink()
+            stale.unlink(missing_ok=True)  # (another run may have removed it first)
         save_atomically({"images": images, "labels": labels, "bad": bad}, path)
     except OSError as error:  # read-only or full disk: train anyway, without the cache
-        print(f"warning: could not write the cache {path} ({error}); the next run decodes again: "
-              "give a writable cache_dir (train.py --cache-dir)", file=sys.stderr)  # fmt: skip
+        full = isinstance(error, DiskFullError)  # its line names the file and the space
+        what = f"the cache {error}" if full else f"could not write the cache {path} ({error})"
+        print(f"warning: {what}; the next run decodes again: give a writable cache_dir (train.py --cache-dir)",
+              file=sys.stderr)  # fmt: skip
     return images, labels, bad
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
-from helpers import devices, run
+from helpers import devices, fill_the_disk_at, run
 from PIL import Image
 
 import data_pipeline
@@ -231,6 +231,20 @@ def test_cache_is_reused_and_invalidated_when_files_change(tmp_path: Path, monke
     Image.new("RGB", (40, 30)).save(root / "train" / "dog" / "new.png")
     grown, *_ = folder_data(root, tmp_path)
     assert len(calls) == 2 and len(grown) == 13
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_cache_that_finds_the_disk_full_is_a_warning_and_the_data_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    root = write_folder(tmp_path / "folder")
+    fill_the_disk_at(monkeypatch, "folder-train-", 1)
+    train, *_ = folder_data(root, tmp_path)
+    assert len(train) == 12  # decoded, and trained on
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "folder-train-" in line]
+    assert warning.startswith(f"warning: the cache {tmp_path / 'data' / 'cache'}/folder-train-") and "\n" not in warning
+    assert ": no space left on the disk (" in warning and warning.endswith("writable cache_dir (train.py --cache-dir)")
+    assert not list((tmp_path / "data" / "cache").glob("folder-train-*"))  # no cache, and no half of one
 
 
 def test_the_cache_goes_where_cache_dir_says_or_beside_us_when_the_data_is_read_only(
