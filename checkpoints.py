@@ -142,16 +142,42 @@ def checksum(checkpoint: dict) -> str:
     return f"{crc:08x}"
 
 
+def without_tensors(value: object) -> object:
+    """A checkpoint's nested dicts, lists and tuples with every tensor as None and the checksum left out: what it
+    holds besides its tensors (classes, preprocessing, settings, counters)."""
+    if isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, dict):
+        return {key: without_tensors(item) for key, item in value.items() if key != "checksum"}
+    if isinstance(value, (list, tuple)):
+        return [without_tensors(item) for item in value]
+    return value
+
+
+CONTENTS_CHECKSUM = "v2:"  # the prefix of a checksum over everything; before it (8 hex digits alone): the tensors
+
+
+def contents_checksum(checkpoint: dict) -> str:
+    """checksum(checkpoint), continued over the repr of everything else it holds (see without_tensors)."""
+    crc = zlib.crc32(repr(without_tensors(checkpoint)).encode(), int(checksum(checkpoint), 16))
+    return f"{CONTENTS_CHECKSUM}{crc:08x}"
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
     """Write a checkpoint atomically, with the checksum that reading it verifies."""
-    save_atomically({**checkpoint, "checksum": checksum(checkpoint)}, path)
+    save_atomically({**checkpoint, "checksum": contents_checksum(checkpoint)}, path)
 
 
 def verify_checksum(checkpoint: dict, path: Path) -> None:
-    """CheckpointError when the tensors read are not those written (a file without a checksum passes)."""
-    if "checksum" in checkpoint and checksum(checkpoint) != checkpoint["checksum"]:
+    """CheckpointError when what was read is not what was written: every tensor and every other value, or the
+    tensors alone in checkpoints written before CONTENTS_CHECKSUM (a file without a checksum passes)."""
+    stored = checkpoint.get("checksum")
+    if stored is None:
+        return
+    computed = contents_checksum(checkpoint) if str(stored).startswith(CONTENTS_CHECKSUM) else checksum(checkpoint)
+    if computed != stored:
         raise CheckpointError(
-            f"{path}: damaged: its tensors are not the ones written (their checksum differs: bytes changed on the "
+            f"{path}: damaged: its contents are not the ones written (their checksum differs: bytes changed on the "
             "disk or in a copy); restore it from a copy or train again (last.pt and best.pt are separate files: "
             "--evaluate and inference.py read either)"
         )

@@ -618,9 +618,32 @@ def test_flipped_bytes_in_a_checkpoints_tensors_are_found(
     data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
     path.write_bytes(bytes(data))
     assert torch.load(path, weights_only=True)["model"].keys() == state["model"].keys()  # torch sees nothing
-    with pytest.raises(CheckpointError, match=r"best\.pt: damaged: its tensors are not the ones written"):
+    with pytest.raises(CheckpointError, match=r"best\.pt: damaged: its contents are not the ones written"):
         read_checked_checkpoint(path)
     Image.new("RGB", (80, 80), (200, 30, 30)).save(tmp_path / "x.png")  # inference.py says so, classifying nothing
     status, out, err = run_cli(monkeypatch, capsys, "--checkpoint", str(path), str(tmp_path / "x.png"))
     assert status == 1 and out == "" and err.startswith(f"error: {path}: damaged: ") and err.count("\n") == 1
     assert "restore it from a copy or train again" in err
+
+
+def test_a_changed_class_name_or_setting_in_a_checkpoint_is_found(tmp_path: Path) -> None:
+    """The checksum covers what a checkpoint holds besides its tensors (the names inference prints, the
+    preprocessing): a letter changed in the pickled data is found; a checkpoint whose checksum predates that
+    (8 hex digits: the tensors alone) still reads, checked as it was written."""
+    from checkpoints import checksum, read_checked_checkpoint, save_checkpoint
+    from errors import CheckpointError
+
+    model = AlexNet(3)
+    preprocess = {"image_size": 67, "resize_size": 67, "mean": [0.5] * 3, "std": [0.25] * 3, "in_channels": 3}
+    state = {"model": model.state_dict(), "model_config": model.config, "classes": ["apple", "b", "c"],
+             "preprocess": preprocess}  # fmt: skip
+    path = tmp_path / "best.pt"
+    save_checkpoint(state, path)
+    data = path.read_bytes()
+    assert data.count(b"apple") == 1  # in data.pkl, which torch.save stores uncompressed
+    path.write_bytes(data.replace(b"apple", b"apric"))
+    assert torch.load(path, weights_only=True)["classes"][0] == "apric"  # torch sees nothing
+    with pytest.raises(CheckpointError, match=r"best\.pt: damaged: its contents are not the ones written"):
+        read_checked_checkpoint(path)
+    torch.save({**state, "checksum": checksum(state)}, path)  # as written before the checksum covered the rest
+    assert read_checked_checkpoint(path)["classes"] == ["apple", "b", "c"]
