@@ -13,14 +13,16 @@ checkpoint of AlexNet's size. The test suite, which saves dozens of checkpoints 
 power, sets ALEXNET_SKIP_FSYNC=1 to leave it out; nothing else should.
 """
 
+import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
+from filelock import FileLock, Timeout
 
 
 class DiskFullError(OSError):
@@ -99,3 +101,20 @@ def tensor_bytes(obj: object) -> int:
     if isinstance(obj, list | tuple):
         return sum(tensor_bytes(value) for value in obj)
     return 0
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock_path: Path, doing: str) -> Iterator[None]:
+    """Hold the lock file `lock_path` for the block: where another process holds it, say so (it is `doing`:
+    "packing X/") and wait for it. Two runs packing or laying out the same data take turns: the second then
+    finds the work done. OSError where the lock file cannot be made (a read-only folder)."""
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"Waiting for another process that is {doing} (it holds {lock.lock_file})", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

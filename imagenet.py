@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from atomic_files import one_at_a_time
 from errors import DataError, first_sentence
 from folders import folder_classes, folder_samples
 from image_files import IMAGE_EXTENSIONS
@@ -36,6 +37,7 @@ from image_files import IMAGE_EXTENSIONS
 WNID = re.compile(r"n\d{8}")
 MAPPING_FILE = "LOC_synset_mapping.txt"  # Kaggle's: "n01440764 tench, Tinca tinca" per line
 VAL_SOLUTION_FILE = "LOC_val_solution.csv"  # Kaggle's: "ImageId,PredictionString", the class first
+LAYOUT_LOCK = ".layout.lock"  # held while the archives are laid out (two runs take turns)
 META_FILE = "meta.bin"  # torchvision's parsed devkit: torch.save((wnid_to_classes, val_wnids))
 KAGGLE_DATA = Path("ILSVRC") / "Data" / "CLS-LOC"
 # The official archives (image-net.org), as torchvision.datasets.ImageNet reads them.
@@ -297,10 +299,30 @@ def lay_out_archives(root: Path, setting: str) -> None:
     official archives beside them, with torchvision.datasets.ImageNet's parsers (which also check
     the archives' MD5 sums), each atomically: a split is unpacked into a hidden .<split>.partial/
     folder and renamed into place only once complete, so an interrupted run leaves no half-built
-    train/ or val/ that a later run would take as complete (the later run starts that split again)."""
+    train/ or val/ that a later run would take as complete (the later run starts that split again).
+    Two runs take turns (a lock file, LAYOUT_LOCK): the second finds the work done."""
+    if not still_to_lay_out(root):
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(one_at_a_time(root / LAYOUT_LOCK, f"laying out {root}"))
+        except OSError as error:  # e.g. a read-only folder
+            raise DataError(f"{root}: cannot lay out its archives beside them ({error.strerror or error}); lay them "
+                            "out once where the folder can be written", setting) from None  # fmt: skip
+        lay_out_what_is_missing(root, setting)
+
+
+def still_to_lay_out(root: Path) -> list[str]:
+    """What lay_out_archives would make: "devkit" (meta.bin), "train", "val", in that order."""
     wanted = [split for split in ("train", "val") if not (root / split).is_dir()]
     if not (root / META_FILE).is_file() and ("val" in wanted or (root / ARCHIVES["devkit"]).is_file()):
         wanted.insert(0, "devkit")  # the val images' classes (and everyone's names) are in the devkit
+    return wanted
+
+
+def lay_out_what_is_missing(root: Path, setting: str) -> None:
+    """lay_out_archives' work, with the lock held (another run may have done some of it meanwhile)."""
+    wanted = still_to_lay_out(root)
     missing = [kind for kind in wanted if not (root / ARCHIVES[kind]).is_file()]
     if missing:
         made = META_FILE if missing[0] == "devkit" else f"{missing[0]}/"

@@ -42,11 +42,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock, Timeout
 from PIL import Image
 from tqdm import tqdm
 
-from atomic_files import flush_to_disk, write_atomically
+from atomic_files import flush_to_disk, one_at_a_time, write_atomically
 from errors import BadImageError, DataError
 from folders import decode_for_store, ignore_ctrl_c, listing_key, listing_name
 
@@ -121,21 +120,14 @@ def build_pack(
 def packing_lock(path: Path) -> Iterator[None]:
     """Hold the lock (PATH.lock, beside the pack's folder) while a pack is packed: where another process
     holds it, wait, after a line saying so. (A lock file, not the pack's folder, which packing remakes.)"""
-    lock = FileLock(path.with_name(f"{path.name}.lock"))
-    try:
-        existing_folder(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            print(f"Waiting for another process that is packing {path}/ (it holds {lock.lock_file})", flush=True)
-            lock.acquire()
-    except OSError as error:  # e.g. --pack-dir is read-only
-        raise DataError(f"cannot write a pack in {path.parent} ({error.strerror or error})", "pack_dir") from None
-    try:
+            existing_folder(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(one_at_a_time(path.with_name(f"{path.name}.lock"), f"packing {path}/"))
+        except OSError as error:  # e.g. --pack-dir is read-only
+            raise DataError(f"cannot write a pack in {path.parent} ({error.strerror or error})", "pack_dir") from None
         yield
-    finally:
-        lock.release()
 
 
 def pack_split(

@@ -523,3 +523,37 @@ def test_train_on_the_official_archives_then_inference_prints_names(
     capsys.readouterr()
     status, out, _ = cli(capsys, str(image), "--checkpoint", str(work / "runs" / "archives" / "best.pt"))
     assert status == 0 and "Samoyed (n02111889)" in out and "tench (n01440764)" in out, out
+
+
+def test_two_runs_laying_out_the_archives_take_turns(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The second run waits for the first (a lock file beside the archives), then finds the layout done and
+    unpacks nothing: it used to delete the first one's half-unpacked .train.partial/ and start again."""
+    import threading
+
+    from filelock import FileLock
+
+    import imagenet
+
+    for name in imagenet.ARCHIVES.values():
+        (tmp_path / name).write_bytes(b"an archive")
+    unpacked = []
+    monkeypatch.setattr(imagenet, "parse_devkit", lambda root, setting: unpacked.append("devkit"))
+    monkeypatch.setattr(imagenet, "lay_out_split", lambda root, split, wnids, setting: unpacked.append(split))
+    holding, done = threading.Event(), threading.Event()
+
+    def first_run() -> None:  # holds the lock while it lays everything out
+        with FileLock(tmp_path / imagenet.LAYOUT_LOCK):
+            holding.set()
+            done.wait(timeout=30)
+            for made in ("train", "val"):
+                (tmp_path / made).mkdir()
+            (tmp_path / imagenet.META_FILE).write_bytes(b"parsed")
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    holding.wait(timeout=30)
+    threading.Timer(0.5, done.set).start()  # the first run finishes while the second waits
+    imagenet.lay_out_archives(tmp_path, "data_root")
+    thread.join()
+    assert f"Waiting for another process that is laying out {tmp_path} (it holds " in capsys.readouterr().out
+    assert unpacked == []
