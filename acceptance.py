@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             result = stage(work, folder, cuda, summary["budgets"][name])
             summary[name] = result
             print(json.dumps({"stage": name, **result}), flush=True)
-            write_summary(Path(args.summary), summary, start)
-    write_summary(Path(args.summary), summary, start)
+            keep_summary(Path(args.summary), summary, start)
+    keep_summary(Path(args.summary), summary, start)
     print(json.dumps(summary))
     sys.exit(0 if summary["ok"] else 1)
 
@@ -106,6 +106,16 @@ def write_summary(path: Path, summary: dict, start: float) -> None:
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["ok"] = all(part.get("ok", True) for part in summary.values() if isinstance(part, dict))
     write_atomically(path, lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode()))
+
+
+def keep_summary(path: Path, summary: dict, start: float) -> None:
+    """write_summary between stages: a disk that fills up meanwhile is one warning line, and the stages go on
+    (each has printed its line, and the last line printed is the whole summary)."""
+    try:
+        write_summary(path, summary, start)
+    except OSError as error:
+        print(f"warning: --summary {path}: not updated ({error.strerror or error}); the lines printed hold every "
+              "stage's figures", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def stages(args: argparse.Namespace, cuda: bool) -> list:

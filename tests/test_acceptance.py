@@ -1,5 +1,6 @@
 """acceptance.py, the GPU acceptance command, in the mode it runs in without CUDA; and its stages' budgets."""
 
+import errno
 import json
 import os
 import subprocess
@@ -79,6 +80,31 @@ def test_the_summary_is_on_disk_after_every_stage(tmp_path: Path, monkeypatch) -
     assert "budgets" in written[0] and "default_run" not in written[0]  # before the first stage
     assert "default_run" in written[1] and "throughput_224" not in written[1] and "throughput_224" in written[2]
     assert len(written) == 8  # before the stages, after each of the six, and once at the end
+
+
+def test_a_disk_that_fills_up_between_stages_is_a_warning_and_the_stages_go_on(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(acceptance, "write_jpegs", lambda root, count: root)
+    monkeypatch.setattr(acceptance, "run_bench", lambda *args: {"ok": False, "error": "no"})
+    monkeypatch.setattr(acceptance, "default_run", lambda *args: {"ok": True, "epochs": 1})
+    real, calls = acceptance.write_atomically, []
+
+    def write_atomically(path: Path, write) -> None:
+        calls.append(path)
+        if len(calls) > 2:  # before the stages and after the first: written; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(acceptance, "write_atomically", write_atomically)
+    with pytest.raises(SystemExit) as stopped:
+        acceptance.main(["--skip-tests", "--summary", str(tmp_path / "s.json"), "--keep", str(tmp_path / "w")])
+    assert stopped.value.code == 1 and len(calls) == 8  # every stage ran (the bench stages failed)
+    out, err = capsys.readouterr()
+    assert set(json.loads(out.splitlines()[-1])) >= {"default_run", "loaders_jpegs"}  # the whole summary, printed
+    warning = f"warning: --summary {tmp_path / 's.json'}: not updated (No space left on device); the lines printed"
+    assert err.splitlines() == [warning + " hold every stage's figures"] * 6
+    assert "default_run" in json.loads((tmp_path / "s.json").read_text())  # as it was after the first stage
 
 
 def test_an_unwritable_summary_is_refused_before_any_stage_runs(tmp_path: Path, monkeypatch) -> None:
