@@ -247,6 +247,9 @@ def check_classes_and_preprocess(checkpoint: dict, model: AlexNet, path: Path) -
     if not isinstance(classes, (list, tuple)) or len(classes) != num_classes:
         count = len(classes) if isinstance(classes, (list, tuple)) else type(classes).__name__
         raise CheckpointError(f"{path}: has {count} class names but its model has {num_classes} outputs")
+    if num_classes < 2:  # trained on one class folder (refused since): it would name that class for any image
+        raise CheckpointError(f"{path}: has one class ({classes[0]}), so it names it for any image; train it on two "
+                              "or more classes")  # fmt: skip
     names = checkpoint.get("class_names")
     if names is not None and (
         not isinstance(names, (list, tuple)) or len(names) != len(classes) or not all(isinstance(n, str) for n in names)

@@ -1140,12 +1140,12 @@ def diverged(run: Run, epoch: int, step: int, loss: float, which: str = "trainin
     """Stop on a non-finite loss, or one past `limit` times chance (--divergence-limit), pointing at the last
     good checkpoint (never overwritten with the blown-up weights)."""
     last = run.run_dir / "last.pt"
-    where = f"; the last good checkpoint is {last}" if last.exists() else ""
+    where = f"; the last good checkpoint is {last} (not overwritten)" if last.exists() else "; no checkpoint written"
     when = f"after epoch {epoch}" if which == "validation" else f"at epoch {epoch}, step {step}"
     became = f"reached {loss:.4g}, over --divergence-limit {limit:g} times chance," if limit else f"became {loss}"
     go_on = ", or --divergence-limit 0 to go on" if limit else ""
     raise SystemExit(
-        f"error: the {which} loss {became} {when}{where} (not overwritten); "
+        f"error: the {which} loss {became} {when}{where}; "
         f"lower --lr (now {run.args.lr}) or raise --warmup-steps (now {run.args.warmup_steps}){go_on}"
     )
 

@@ -288,6 +288,16 @@ def test_checkpoint_round_trip(loaded: tuple[AlexNet, dict], checkpoint_dict: di
     assert torch.equal(model.state_dict()["classifier.6.weight"], checkpoint_dict["model"]["classifier.6.weight"])
 
 
+def test_a_checkpoint_of_one_class_is_refused(tmp_path: Path) -> None:
+    """Written before train.py refused one-class folders: it said `100.00% solo` for any image."""
+    model = AlexNet(num_classes=1)
+    path = tmp_path / "best.pt"
+    checkpoint = {"model": model.state_dict(), "model_config": model.config, "classes": ["solo"]}
+    torch.save({**checkpoint, "preprocess": PREPROCESS}, path)
+    message = checkpoint_message(path)
+    assert message == f"{path}: has one class (solo), so it names it for any image; train it on two or more classes"
+
+
 @pytest.mark.parametrize(
     "content, reason",
     [

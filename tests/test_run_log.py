@@ -79,7 +79,9 @@ def test_a_validation_loss_that_is_not_finite_stops_and_writes_no_checkpoint(tmp
     tiny = ["--train-size", "16", "--val-size", "8", "--batch-size", "8", "--epochs", "1", "--workers", "0"]
     with pytest.raises(SystemExit) as stopped:
         train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "nan"])
-    assert str(stopped.value).startswith("error: the validation loss became nan after epoch 1 (not overwritten); lower")
+    assert str(stopped.value).startswith(
+        "error: the validation loss became nan after epoch 1; no checkpoint written; lower"
+    )
     assert not list((tmp_path / "nan").glob("*.pt")) and not (tmp_path / "nan" / "metrics.jsonl").exists()
 
 
