@@ -1099,8 +1099,9 @@ def timed(batches, totals: EpochTotals):
 
 def check_progress(run: Run, training: Training, totals: EpochTotals, epoch: int, step: int, bar,
                    started: float) -> None:  # fmt: skip
-    """At a host sync: stop on a non-finite loss, show the progress (on `bar`, if given), and warn once
-    when the loss has sat at chance for a few hundred steps."""
+    """At a host sync: stop on a non-finite loss or one past --divergence-limit times chance (each process
+    judges its own batches: under torchrun the job ends with the first that stops), show the progress (on
+    `bar`, if given), and warn once when the loss has sat at chance for a few hundred steps."""
     args, classes = run.args, len(run.data.classes)
     loss_sum, hits, _, bad_step = totals.sums.tolist()  # the only host sync of the loop
     if bad_step >= 0:
