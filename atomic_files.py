@@ -6,7 +6,8 @@
 renames it over the target: readers see the old file or the new one, never a mix. A full disk is
 one `DiskFullError` line (the file, what was written, what is free), whatever the writer raised. Checkpoints,
 metrics, pictures, result files and packs all write through it (or through `flush_to_disk` for files that
-grow in place). A leaf module: it imports nothing of ours.
+grow in place). `one_at_a_time` makes two processes take turns at the same work (packing a folder,
+laying out ImageNet). A leaf module: it imports nothing of ours.
 
 The flush (fsync) is what makes the new file survive a power cut, and it costs about a second per
 checkpoint of AlexNet's size. The test suite, which saves dozens of checkpoints and never cuts the
