@@ -311,12 +311,12 @@ def check_same_classes(checkpoint: dict, classes: list[str], path: Path) -> None
     classes than `classes` (the data's, in label order): the same count is not enough. Names are compared in
     Unicode's composed form (NFC), as folders.py compares train/ with val/."""
     saved = checkpoint["classes"]
-    composed = [unicodedata.normalize("NFC", name) for name in saved]
-    if composed == [unicodedata.normalize("NFC", name) for name in classes]:
+    composed, composed_here = ([unicodedata.normalize("NFC", name) for name in names] for names in (saved, classes))
+    if composed == composed_here:
         return  # the same names, perhaps in another Unicode form (macOS writes NFD, Linux mostly NFC)
     if len(saved) != len(classes):
         raise CheckpointError(f"{path}: the checkpoint has {len(saved)} classes and this data {len(classes)}")
-    if sorted(composed) == sorted(unicodedata.normalize("NFC", name) for name in classes):
+    if sorted(composed) == sorted(composed_here):
         raise CheckpointError(
             f"{path}: the checkpoint's classes are this data's written in another Unicode form (NFC or NFD), which "
             f"sorts them in another order, so the labels would not match; rename this data's class folders as the "

@@ -426,12 +426,12 @@ def load_packed(
     config: DataConfig, listing: Listing, channels: int, store_size: int, device: torch.device, shard: dict, fmt: str,
 ) -> Data:  # fmt: skip
     """Both splits from their packs in format `fmt`, packed first where needed (see packs.build_pack)."""
-    files, bad = [], []
-    if not config.pack_dir and packs_dir(config) != Path(config.data_root) / "packs":
-        print(f"note: {config.data_root} cannot be written (read-only data?): the packs go to {packs_dir(config)}/ "
+    files, bad, folder = [], [], packs_dir(config)
+    if not config.pack_dir and folder != Path(config.data_root) / "packs":
+        print(f"note: {config.data_root} cannot be written (read-only data?): the packs go to {folder}/ "
               "instead (--pack-dir chooses another)")  # fmt: skip
     for split_dir, samples in ((listing.train_dir, listing.train), (listing.val_dir, listing.val)):
-        path, meta = build_pack(packs_dir(config), split_dir, samples, channels, store_size, config.workers, fmt)
+        path, meta = build_pack(folder, split_dir, samples, channels, store_size, config.workers, fmt)
         files.append(PackedFiles(path, meta))
         bad += meta["bad"]
     report_bad_files(bad, config.max_bad_files)
