@@ -252,6 +252,7 @@ def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path
         ),
         (["--dataset", "svhn"], "invalid choice: 'svhn'"),
         (["--weight-decay", "-1"], "--weight-decay cannot be negative"),
+        (["--divergence-limit", "-1"], "--divergence-limit cannot be negative"),
         (["--tta", "5crop"], "invalid choice: '5crop'"),
         (["--ema", "1.5"], "--ema must be in (0, 1)"),
         (["--ema", "0.99", "--ema-every", "0"], "--ema-every must be at least 1"),
