@@ -88,14 +88,15 @@ def folder_samples(
     in .ipynb_checkpoints/), and those without an image extension; and the folders named like image
     files (x.jpg/), whose images are read like any subfolder's but which the user should hear of. A
     broken symbolic link is listed like a file: decoding it then counts it, by name, among the
-    unreadable files. A class folder that cannot be read is a DataError (for `setting`)."""
+    unreadable files. A class folder, or a folder inside one, that cannot be read is a DataError (for
+    `setting`): rglob would skip its images without a word."""
     samples, hidden, other, image_named = [], [], [], []
     for label, name in enumerate(classes):
         folder = class_folder(split_dir, name)
-        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
-            raise DataError(f"{folder}: cannot be read (permission denied); fix its permissions or remove it", setting)
+        check_readable(folder, setting)
         for path in sorted(folder.rglob("*")):
             if not path.is_file() and not (path.is_symlink() and not path.exists()):  # folders; not broken links
+                check_readable(path, setting)
                 if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_dir():
                     image_named.append(path)
                 continue
@@ -106,6 +107,12 @@ def folder_samples(
             else:
                 other.append(path)
     return samples, hidden, other, image_named
+
+
+def check_readable(folder: Path, setting: str) -> None:
+    """DataError for a folder whose listing cannot be read."""
+    if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+        raise DataError(f"{folder}: cannot be read (permission denied); fix its permissions or remove it", setting)
 
 
 def report_left_out(hidden: list[Path], other: list[Path], image_named: list[Path]) -> None:

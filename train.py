@@ -1239,9 +1239,22 @@ def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, p
         "best_weights": record.best_weights,  # "model", or "ema": best.pt holds the moving average
         "ema": training.ema.state_dict() if training.ema is not None else None,  # with its count of updates
         "world_size": run.setup.world_size,
-        "args": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(run.args).items()},
+        "args": saved_settings(run.args),
         "rng": rng_states(run.setup.device),
     }
+
+
+# Folders given relative to where the run started: saved absolute, so --resume finds them from anywhere.
+PATH_SETTINGS = ("data", "data_root", "pack_dir", "cache_dir")
+
+
+def saved_settings(args: argparse.Namespace) -> dict:
+    """The settings as a checkpoint keeps them: the device as text, the data's folders absolute."""
+    settings = {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()}
+    for key in PATH_SETTINGS:
+        if settings.get(key) is not None:
+            settings[key] = str(Path(settings[key]).absolute())
+    return settings
 
 
 def save_pictures(run: Run, model: AlexNet, val: dict) -> None:

@@ -2,10 +2,12 @@
 checkpoints, and bad image folders (issue: reliability and safety)."""
 
 import json
+import multiprocessing
 import pickle
 import signal
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 
@@ -362,6 +364,11 @@ def test_a_class_folder_that_cannot_be_read_says_so(tmp_path: Path, monkeypatch:
     locked = root / "val"  # the split's own folder: the same line, not a traceback from listing it
     with pytest.raises(DataError, match=r"f/val: cannot be read \(permission denied\); fix its permissions"):
         load(root, tmp_path)
+    (root / "train" / "a" / "more").mkdir()  # a folder inside a class: rglob alone skips it without a word
+    (root / "train" / "a" / "0.png").rename(root / "train" / "a" / "more" / "0.png")
+    locked = root / "train" / "a" / "more"
+    with pytest.raises(DataError, match=r"train/a/more: cannot be read \(permission denied\); fix its permissions"):
+        load(root, tmp_path)
 
 
 def test_streaming_skips_unreadable_files(tmp_path: Path) -> None:
@@ -480,3 +487,73 @@ def test_two_processes_writing_one_file_use_their_own_temporary_files(tmp_path: 
         atomic_files.write_atomically(target, write)
     assert seen == ["cache.pt.101.tmp", "cache.pt.202.tmp"] and target.read_bytes() == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt"]
+
+
+def write_many_times(target: Path, letter: bytes, start: "multiprocessing.synchronize.Event") -> None:
+    """Write `target` 50 times, each time 64 KB of `letter` in 16 pieces, slowly enough to overlap another writer."""
+
+    def write(f) -> None:
+        for _ in range(16):
+            f.write(letter * 4096)
+            time.sleep(0.0002)
+
+    start.wait()
+    for _ in range(50):
+        atomic_files.write_atomically(target, write)
+
+
+def test_two_processes_writing_one_file_at_once_never_trip_over_each_other(tmp_path: Path) -> None:
+    """Two runs caching the same folder write the same file at the same moment: with one temporary name
+    between them, one renames the other's half-written file away and fails, or leaves a mixed file."""
+    target, fork = tmp_path / "cache.pt", multiprocessing.get_context("fork")
+    start = fork.Event()
+    writers = [fork.Process(target=write_many_times, args=(target, letter, start)) for letter in (b"A", b"B")]
+    for writer in writers:
+        writer.start()
+    start.set()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    assert target.read_bytes() in (b"A" * 65536, b"B" * 65536)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.pt"]
+
+
+def test_train_refuses_a_folder_of_one_class_in_one_line(tmp_path: Path) -> None:
+    write_folder(tmp_path / "f", classes=("solo",))
+    result = run("train.py", "--data", "f", "--image-size", "67", "--workers", "0", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --data f: {Path('f/train')} has one class folder (solo); a classifier needs two or more: "
+        "add a folder of images of another class"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_an_unnamed_run_whose_name_is_taken_in_that_second_gets_the_next_one(tmp_path: Path) -> None:
+    """Another run started in the same second holds runs/shapes-<date>-<time>/ (made here for every second
+    of the next two minutes): this one takes -2 rather than refusing a --name nobody gave."""
+    now = time.time()
+    taken = {f"shapes-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now + s))}" for s in range(120)}
+    for name in taken:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    run("train.py", *SHAPES, "--epochs", "1", "--max-steps", "1", cwd=tmp_path)
+    (new,) = {p.name for p in (tmp_path / "runs").iterdir()} - taken
+    assert new.endswith("-2") and new[: -len("-2")] in taken and (tmp_path / "runs" / new / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_resume_finds_its_data_from_another_folder_and_in_another_unicode_form(tmp_path: Path) -> None:
+    """Trained on `--data f` (relative) with a class folder written in NFD (as macOS writes names), then
+    resumed from another working folder after the data was copied by a system that writes NFC."""
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    write_folder(tmp_path / "f", classes=("a", decomposed), per_class=4)
+    tiny = ["--image-size", "67", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--amp", "off"]
+    run("train.py", "--data", "f", *tiny, "--name", "u", "--no-plots", cwd=tmp_path)
+    for split in ("train", "val"):
+        (tmp_path / "f" / split / decomposed).rename(tmp_path / "f" / split / composed)
+    (tmp_path / "elsewhere").mkdir()
+    run("train.py", "--resume", str(tmp_path / "runs" / "u"), "--epochs", "2", cwd=tmp_path / "elsewhere")
+    last = torch.load(tmp_path / "runs" / "u" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["args"]["data"] == str(tmp_path / "f")
+    assert [unicodedata.normalize("NFC", name) for name in last["classes"]] == ["a", composed]
