@@ -28,6 +28,7 @@ them, ExportError says what to install.
 """
 
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from alexnet import AlexNet
-from atomic_files import out_of_space
+from atomic_files import DiskFullError, out_of_space, tensor_bytes
 from checkpoints import checksum
 from errors import ExportError, first_sentence
 from presets import EvalPreset, eval_transform
@@ -211,7 +212,10 @@ def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp
             (write_onnx if suffix == ".onnx" else write_pt2)(network, example, metadata, tmp)
     except Exception as error:  # the exporters raise many types; one line is what the user needs
         if out_of_space(error):  # an OSError, or torch.export.save's RuntimeError raised while handling one
-            raise ExportError(f"{path}: no space left on the disk; free some space or export elsewhere") from None
+            written = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)  # first: the message then says how much is free without it
+            full = DiskFullError(path, written, needed=tensor_bytes(network.state_dict()))  # the weights: the bulk
+            raise ExportError(str(full)) from None
         if isinstance(error, OSError):
             raise ExportError(f"{path}: cannot write the file ({error.strerror or error})") from None
         exporter = "torch.onnx.export" if suffix == ".onnx" else "torch.export"
@@ -222,8 +226,13 @@ def write_pt2(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Pat
     """torch.export the network with a dynamic batch and save it, the metadata as an extra file."""
     program = torch.export.export(network, (example,), dynamic_shapes=dynamic_batch())
     extra_files = {f"{METADATA_KEY}.json": metadata, CHECKSUM_KEY: program_checksum(program)}
-    with open(tmp, "wb") as file:  # a file object: torch.export.save would warn about the temporary name
-        torch.export.save(program, file, extra_files=extra_files)
+    # Saved in memory first: when a write to a file fails (a full disk), torch.export.save's writer throws
+    # again as it is destroyed, and that aborts the whole process. A file object, not a name: torch.export.save
+    # would warn about the temporary name's suffix.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=extra_files)
+    with open(tmp, "wb") as file:
+        file.write(buffer.getbuffer())
 
 
 def program_checksum(program: torch.export.ExportedProgram) -> str:
