@@ -12,8 +12,8 @@ the other, so that an epoch reads bytes instead of decoding full-size JPEGs agai
         index.npy      (3, M) int64: the row, the label and the CRC-32 of the bytes of each of the M
                        readable images, checked as each is read; JPEG: (5, M), with where its bytes
                        start in images.jpg and how many they are
-        pack.json      what was packed, and from what (the folder's listing_key); written last,
-                       so a pack without it is never read as complete
+        pack.json      what was packed, and from what (the folder's listing_key), and the CRC-32 of
+                       index.npy; written last, so a pack without it is never read as complete
         progress.jsonl while packing: one line per finished chunk (resumes after Ctrl-C or a crash)
 
 Disk: raw, R x R x C bytes per image, 196,608 at 256 px in colour (ImageNet's 1.28 M training
@@ -93,7 +93,16 @@ def read_pack(path: Path, key: str) -> dict | None:
     if not complete:
         print(f"warning: the pack {path} is incomplete (damaged?); packing again", file=sys.stderr)
         return None
+    if meta.get("index_crc", index_checksum(index)) != index_checksum(index):  # packs before it: unchecked
+        print(f"warning: {path / 'index.npy'} is damaged (its checksum differs: the labels or places of its images "
+              "changed on the disk or in a copy); packing again", file=sys.stderr)  # fmt: skip
+        return None
     return {**meta, **dict(zip(("rows", "labels", "crcs", "starts", "lengths"), index))}
+
+
+def index_checksum(index: np.ndarray) -> int:
+    """CRC-32 of a pack's index (each image's row, label, CRC-32 and place): a flipped label would train silently."""
+    return zlib.crc32(np.ascontiguousarray(index, dtype=np.int64).tobytes())
 
 
 def build_pack(
@@ -172,10 +181,11 @@ def finish_pack(
             lengths = np.asarray(entry["lengths"], dtype=np.int64)
             spans[:, rows] = np.stack([entry["start"] + np.cumsum(lengths) - lengths, lengths])
         index += [spans[0, readable], spans[1, readable]]
-    write_atomically(path / "index.npy", lambda f: np.save(f, np.stack(index)))
+    index = np.stack(index)
+    write_atomically(path / "index.npy", lambda f: np.save(f, index))
     meta = {"version": PACK_VERSION, "key": key, "format": fmt, "count": len(samples), "channels": channels,
             "size": size, "bytes": (path / DATA_FILES[fmt]).stat().st_size, "source": str(split_dir.resolve()),
-            "bad": [str(samples[row][0]) for row in bad]}  # fmt: skip
+            "bad": [str(samples[row][0]) for row in bad], "index_crc": index_checksum(index)}  # fmt: skip
     write_atomically(path / "pack.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     (path / "progress.jsonl").unlink(missing_ok=True)
 

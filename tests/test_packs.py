@@ -589,6 +589,21 @@ def test_flipped_bytes_in_a_packed_image_are_found_as_it_is_read(photos: Path, t
         assert found.value.setting == "pack_dir" and f"delete {path} to pack it again" in str(found.value)
 
 
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_a_flipped_label_in_a_packs_index_is_found_and_packed_again(
+    photos: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture
+) -> None:
+    samples = samples_of(photos, "train")
+    path, meta = pack(tmp_path / "packs", photos, samples, fmt)
+    index = np.load(path / "index.npy")
+    index[1, 3] ^= 1  # one image's label, as a failing disk or a bad copy changes a bit: it would train on it
+    np.save(path / "index.npy", index)
+    capsys.readouterr()
+    again, repacked = pack(tmp_path / "packs", photos, samples, fmt)
+    assert again == path and np.array_equal(repacked["labels"], meta["labels"])
+    assert f"warning: {path / 'index.npy'} is damaged (its checksum differs" in capsys.readouterr().err
+
+
 # --- Full disks ------------------------------------------------------------------------------------
 
 
