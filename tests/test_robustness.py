@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -634,6 +635,12 @@ def test_flipped_bytes_in_a_checkpoints_tensors_are_found(
     status, out, err = run_cli(monkeypatch, capsys, "--checkpoint", str(path), str(tmp_path / "x.png"))
     assert status == 1 and out == "" and err.startswith(f"error: {path}: damaged: ") and err.count("\n") == 1
     assert "restore it from a copy or train again" in err
+    (tmp_path / "run").mkdir()
+    path.rename(tmp_path / "run" / "last.pt")  # train.py reads it the same way, for either flag
+    for flag, value in (("--evaluate", "run/last.pt"), ("--resume", "run")):
+        result = run("train.py", flag, value, cwd=tmp_path, check=False)
+        assert result.returncode == 1 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+        assert result.stderr.startswith(f"error: {flag} {Path('run/last.pt')}: damaged: its contents are not the ones")
 
 
 def test_a_changed_class_name_or_setting_in_a_checkpoint_is_found(tmp_path: Path) -> None:
