@@ -339,6 +339,23 @@ def test_train_on_kaggle_layout_then_inference_prints_names_and_bad_input_is_one
     image = root / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000003.JPEG"
     result = run("inference.py", str(image), "--checkpoint", str(work / "runs" / "kaggle" / "best.pt"), cwd=work)
     assert "Samoyed (n02111889)" in result.stdout, result.stdout
+    # --resume alone continues it, from anywhere: the dataset and its root come back from the checkpoint
+    (work / "elsewhere").mkdir()
+    run(
+        "train.py",
+        "--resume",
+        str(work / "runs" / "kaggle"),
+        "--epochs",
+        "2",
+        "--max-steps",
+        "2",
+        cwd=work / "elsewhere",
+    )
+    resumed = torch.load(work / "runs" / "kaggle" / "last.pt", weights_only=True, mmap=True)
+    assert resumed["epoch"] == 2 and (resumed["args"]["dataset"], resumed["args"]["data_root"]) == (
+        "imagenet",
+        str(root),
+    )
     (root / VAL_SOLUTION_FILE).unlink()
     failed = run("train.py", "--dataset", "imagenet", "--data-root", str(root), *TRAIN_FLAGS, cwd=work, check=False)
     lines = failed.stderr.strip().splitlines()
