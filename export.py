@@ -27,12 +27,14 @@ onnx, onnxscript and onnxruntime are needed only for .onnx files, and imported o
 them, ExportError says what to install.
 """
 
+import contextlib
 import importlib.util
 import io
 import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -197,18 +199,28 @@ def dynamic_batch() -> tuple[dict, ...]:
     return ({0: torch.export.Dim("batch", min=1)},)
 
 
-# Warnings the exporters print about their own code (regular expressions of their start): torch 2.11's
-# torch.export, on its own pytree classes.
-LIBRARY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+# Warnings torch prints about its own code as it exports or loads (regular expressions of their start):
+# torch 2.11's torch.export on its own pytree classes, and its .pt2 reader on its own read-only buffers.
+LIBRARY_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The given buffer is not writable, and PyTorch does not support non-writable tensors",
+)
+
+
+@contextlib.contextmanager
+def library_warnings_off() -> Iterator[None]:
+    """LIBRARY_WARNINGS kept off the user's terminal: not ours, and nothing a user can act on."""
+    with warnings.catch_warnings():
+        for message in LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path, path: Path) -> None:
     """Export `network` to `tmp` in `path`'s format; every failure one ExportError naming `path`."""
     suffix = path.suffix.lower()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            for message in LIBRARY_WARNINGS:  # not ours, nothing a user can act on: kept off their terminal
-                warnings.filterwarnings("ignore", message=message)
+        with torch.no_grad(), library_warnings_off():
             (write_onnx if suffix == ".onnx" else write_pt2)(network, example, metadata, tmp)
     except Exception as error:  # the exporters raise many types; one line is what the user needs
         if out_of_space(error):  # an OSError, or torch.export.save's RuntimeError raised while handling one
@@ -372,7 +384,8 @@ def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | N
     level = logger.level
     try:
         logger.setLevel(logging.ERROR)
-        program = torch.export.load(path, extra_files=extra_files)
+        with library_warnings_off():
+            program = torch.export.load(path, extra_files=extra_files)
     except Exception as error:  # a zip archive of something else, not a zip archive, truncated, ...
         if "Bad CRC-32" in str(error):  # older torch checks the archive's own checksums as it reads
             raise damaged(path) from None
