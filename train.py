@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Loop (a full disk is one line; what was saved before stays) -------------------------------
     run.stop.install()
-    with disk_errors(args):
+    with disk_errors(args, run_dir):
         for epoch in range(start_epoch, args.epochs + 1):
             started = time.perf_counter() - (partial["seconds"] if partial else 0.0)  # an interrupted epoch counts
             train, stopped = train_one_epoch(run, training, epoch, partial, started)
@@ -752,9 +752,10 @@ def data_errors(args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def disk_errors(args: argparse.Namespace):
+def disk_errors(args: argparse.Namespace, run_dir: Path | None = None):
     """A full disk (or quota) while a run writes its checkpoints, metrics and pictures, as one line
-    naming --out-dir, the file and the space; the checkpoints written before stay intact."""
+    naming --out-dir, the file and the space; the checkpoints written before stay intact, and the line
+    says how to go on from run_dir's last.pt where there is one."""
     try:
         yield
     except (OSError, RuntimeError) as error:
@@ -763,6 +764,8 @@ def disk_errors(args: argparse.Namespace):
         where = str(error)  # a DiskFullError names the file and the space
         if not isinstance(error, DiskFullError):  # a writer of its own (TensorBoard's)
             where = f"{getattr(error, 'filename', None) or args.out_dir}: no space left on the disk; free some space"
+        if run_dir is not None and (run_dir / "last.pt").is_file():
+            where += f"; {run_dir / 'last.pt'} is intact: once there is room, go on with --resume {run_dir}"
         raise SystemExit(f"error: --out-dir {args.out_dir}: {where}") from None
 
 

@@ -104,6 +104,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_
         f"error: --out-dir {tmp_path}: {last}: no space left on the disk (0.0 MB written when it ran out, "
     ), message
     assert "free some space or write elsewhere" in message and "\n" not in message
+    assert message.endswith(f"; {last} is intact: once there is room, go on with --resume {last.parent}")
     assert torch.load(last, weights_only=True)["epoch"] == 1  # the first epoch's checkpoint, intact
     assert not list((tmp_path / "full").glob("*.tmp")) and not list((tmp_path / "full").glob("*.png"))
     # The rows of both epochs (the second's is written before its checkpoint; a resume drops it), without curves.
