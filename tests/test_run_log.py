@@ -124,6 +124,19 @@ def test_a_full_disk_while_drawing_keeps_the_previous_picture(tmp_path: Path, mo
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
+def test_a_full_disk_while_writing_the_metrics_keeps_the_rows_before(tmp_path: Path, monkeypatch) -> None:
+    fill_the_disk_at(monkeypatch, "metrics.jsonl", 2)  # epoch 2's row finds the disk full
+    message = stopped_tiny_run(tmp_path, 3, "--no-plots")
+    metrics = tmp_path / "full" / "metrics.jsonl"
+    assert (
+        message.startswith(f"error: --out-dir {tmp_path}: {metrics}: no space left on the disk (")
+        and "\n" not in message
+    )
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1]  # epoch 1's, whole
+    assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a file every write to fails")
 def test_a_disk_full_before_the_first_epoch_is_one_line(tmp_path: Path, monkeypatch) -> None:
     """The sample images are a new run's first files: a disk already full is the same one line, not a traceback."""
     fill_the_disk_at(monkeypatch, "00_", 1)
