@@ -13,7 +13,10 @@ fixed (a figure size in inches times DPI), so a picture's size in pixels is know
 see each function.
 """
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +36,24 @@ NEIGHBOUR_CELL = (1.6, 1.9)  # per image, the extra 0.3 inch for the title
 RIGHT, WRONG = "tab:green", "tab:red"
 
 
+# matplotlib before 3.9 calls pyparsing by its old names, and pyparsing 3.3 warns of each (a UserWarning, seen
+# with the floor's matplotlib 3.7) as matplotlib is imported and as it first draws text: not ours, and nothing
+# a user can act on.
+LIBRARY_WARNINGS = (r"'\w+' deprecated - use '\w+'",)
+
+
+@contextlib.contextmanager
+def library_warnings_off() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def new_figure(size: tuple[float, float]):
     """A matplotlib Figure of `size` inches at DPI, outside pyplot (see the module docstring)."""
-    from matplotlib.figure import Figure  # imported here: importing plots costs nothing
+    with library_warnings_off():
+        from matplotlib.figure import Figure  # imported here: importing plots costs nothing
 
     return Figure(figsize=size, dpi=DPI)
 
@@ -46,7 +64,8 @@ def save(figure, path: Path) -> None:
 
     No bbox_inches="tight": it would trim the margins and make the size depend on the contents.
     """
-    write_atomically(Path(path), lambda file: figure.savefig(file, dpi=DPI, format="png"))
+    with library_warnings_off():
+        write_atomically(Path(path), lambda file: figure.savefig(file, dpi=DPI, format="png"))
 
 
 def hide_axes(ax) -> None:

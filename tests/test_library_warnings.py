@@ -44,3 +44,31 @@ def test_any_other_warning_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         with pytest.raises(ExportError, match="something the user should see"):
             export.export_model(AlexNet(len(CHECKPOINT_CLASSES)).eval(), meta, tmp_path / "m.pt2")
     assert not (tmp_path / "m.pt2").exists()
+
+
+# What matplotlib 3.7 (the floor's) printed with pyparsing 3.3, on import and on its first text drawn.
+PYPARSING_3_3 = "'parseString' deprecated - use 'parse_string'"
+
+
+@pytest.mark.parametrize("message, quiet", [(PYPARSING_3_3, True), ("something the user should see", False)])
+def test_matplotlibs_own_warning_is_kept_quiet_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, message: str, quiet: bool
+) -> None:
+    import plots
+
+    figure = plots.new_figure((1.0, 1.0))
+    real = type(figure).savefig
+
+    def savefig(self, *args, **kwargs) -> None:
+        warnings.warn(message, UserWarning, stacklevel=1)  # pyparsing's is a UserWarning and a DeprecationWarning
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(figure), "savefig", savefig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if quiet:
+            plots.save(figure, tmp_path / "a.png")
+            assert (tmp_path / "a.png").is_file()
+        else:
+            with pytest.raises(UserWarning, match=message):
+                plots.save(figure, tmp_path / "a.png")
