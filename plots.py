@@ -44,6 +44,7 @@ LIBRARY_WARNINGS = (r"'\w+' deprecated - use '\w+'",)
 
 @contextlib.contextmanager
 def library_warnings_off() -> Iterator[None]:
+    """LIBRARY_WARNINGS kept off the user's terminal (as export.py does for torch's)."""
     with warnings.catch_warnings():
         for message in LIBRARY_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
