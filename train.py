@@ -5,7 +5,7 @@ Examples:
     python train.py --dataset mnist --download           # torchvision datasets live under data/
     python train.py --dataset imagenet --data-root DIR --recipe paper   # the paper's network and recipe on
                                  # ImageNet as downloaded: Kaggle's, the official archives, or train/ val/
-    python train.py --data ../shared/data/cifar10 --recipe cifar10   # CIFAR-10 to 77% in 27 min on 2 CPU cores
+    python train.py --data ../shared/data/cifar10 --recipe cifar10   # CIFAR-10 to 79% in 14 epochs on 2 CPU cores
     python train.py --data ../shared/data/hymenoptera --pretrained imagenet --epochs 5   # fine-tune
     python train.py --data DIR --loader packed --pack-dir /nvme/packs   # decode every image once into a
                                  # packed copy on a fast disk, then train from it (later runs find it)
@@ -117,8 +117,9 @@ RECIPES = {
         "dropout": 0.5,
     },
     # CIFAR-10 (--data DIR or --dataset cifar10) at 67 px, the smallest input of the paper's network:
-    # 77.3% test top-1 in 26.9 minutes on the 2-core machine (docs/performance.md). The 32 px images are
-    # padded by 4 and cropped, and flipped; one-cycle: a warm-up of one epoch (195 steps), then down to 0.
+    # 79.2% test top-1 (flip testing) after 14 epochs, 77.3% in 26.9 minutes on the faster 2-core VM before
+    # the last two settings (docs/performance.md). The 32 px images are padded by 4 and cropped, and flipped;
+    # one-cycle: a warm-up of one epoch (195 steps), then down to 0.
     "cifar10": {
         "image_size": 67,
         "batch_size": 256,
@@ -128,6 +129,8 @@ RECIPES = {
         "schedule": "onecycle",
         "warmup_steps": 195,
         "label_smoothing": 0.1,
+        "dropout": 0.25,  # PAPER: 0.5; 14 epochs underfit (train top-1 79%): +0.3 points centre, +0.8 with flips
+        "tta": "flip",  # every epoch's validation on the image and its mirror: +1.0 to +1.5 points
     },
 }
 # Settings --resume never takes from the checkpoint: this machine's and this command's choices.
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=list(RECIPES),
         help="a preset of the flags below (explicit flags win): paper = the paper's network and recipe; "
-        "cifar10 = CIFAR-10 in under 30 minutes on 2 CPU cores",
+        "cifar10 = CIFAR-10 to about 79% in 14 epochs on 2 CPU cores (docs/performance.md)",
     )
     defaults = DataConfig()  # the library's defaults are the data flags' defaults
     add_data_flags(parser.add_argument_group("data"), defaults)
