@@ -1,8 +1,13 @@
 """Every error the library raises: typed, with a one-line message that names the file or setting.
 
 The scripts (train.py, inference.py, bench.py) catch these and print `error: ...` with the
-command-line flag that set the value; the library itself never names flags or exits.
+command-line flag that set the value; the library itself never names flags or exits. And the
+other side of it: the warnings libraries print about their own code, kept off the user's terminal.
 """
+
+import contextlib
+import warnings
+from collections.abc import Iterator
 
 
 class BadImageError(ValueError):
@@ -56,3 +61,13 @@ def first_sentence(text: str) -> str:
     """The first non-empty line of an error message, up to its first full stop: for one-line errors."""
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return line.split(". ")[0].rstrip(".")
+
+
+@contextlib.contextmanager
+def library_warnings_off(*messages: str) -> Iterator[None]:
+    """The warnings whose text starts as one of `messages` (regular expressions) kept off the user's terminal:
+    a library's notes about its own code, nothing a user can act on. Any other warning still shows."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message)
+        yield

@@ -27,14 +27,11 @@ onnx, onnxscript and onnxruntime are needed only for .onnx files, and imported o
 them, ExportError says what to install.
 """
 
-import contextlib
 import importlib.util
 import io
 import json
 import logging
 import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -45,7 +42,7 @@ from torch import nn
 from alexnet import AlexNet
 from atomic_files import DiskFullError, out_of_space, tensor_bytes
 from checkpoints import checksum
-from errors import ExportError, first_sentence
+from errors import ExportError, first_sentence, library_warnings_off
 from presets import EvalPreset, eval_transform
 from shapes import make_shapes
 
@@ -207,20 +204,11 @@ LIBRARY_WARNINGS = (
 )
 
 
-@contextlib.contextmanager
-def library_warnings_off() -> Iterator[None]:
-    """LIBRARY_WARNINGS kept off the user's terminal: not ours, and nothing a user can act on."""
-    with warnings.catch_warnings():
-        for message in LIBRARY_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        yield
-
-
 def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp: Path, path: Path) -> None:
     """Export `network` to `tmp` in `path`'s format; every failure one ExportError naming `path`."""
     suffix = path.suffix.lower()
     try:
-        with torch.no_grad(), library_warnings_off():
+        with torch.no_grad(), library_warnings_off(*LIBRARY_WARNINGS):
             (write_onnx if suffix == ".onnx" else write_pt2)(network, example, metadata, tmp)
     except Exception as error:  # the exporters raise many types; one line is what the user needs
         if out_of_space(error):  # an OSError, or torch.export.save's RuntimeError raised while handling one
@@ -384,7 +372,7 @@ def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | N
     level = logger.level
     try:
         logger.setLevel(logging.ERROR)
-        with library_warnings_off():
+        with library_warnings_off(*LIBRARY_WARNINGS):
             program = torch.export.load(path, extra_files=extra_files)
     except Exception as error:  # a zip archive of something else, not a zip archive, truncated, ...
         if "Bad CRC-32" in str(error):  # older torch checks the archive's own checksums as it reads

@@ -35,7 +35,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from atomic_files import flush_to_disk, one_at_a_time, write_atomically
-from errors import BadImageError, DataError
+from errors import BadImageError, DataError, library_warnings_off
 from folders import decode_for_store, ignore_ctrl_c, listing_key, listing_name
 
 PACK_VERSION = 2  # bump when the layout changes, so that older packs are built again (2: each image's CRC-32)
@@ -392,8 +391,7 @@ def decode_jpeg_batch(blobs: list[torch.Tensor], channels: int, device: torch.de
     from torchvision.io import ImageReadMode, decode_jpeg
 
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    with warnings.catch_warnings():  # torchvision 0.29's deprecation notice: nothing a user can act on
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+    with library_warnings_off("The image decoding and encoding capabilities of TorchVision"):  # 0.29's notice
         images = decode_jpeg(blobs, mode=mode, device=device)
     return torch.stack(images)  # -> (B, C, R, R)
 

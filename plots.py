@@ -13,16 +13,14 @@ fixed (a figure size in inches times DPI), so a picture's size in pixels is know
 see each function.
 """
 
-import contextlib
 import math
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from atomic_files import write_atomically
+from errors import library_warnings_off
 
 DPI = 100
 CURVES_SIZE = (15.0, 4.5)  # inches: 1500 x 450 pixels
@@ -42,18 +40,9 @@ RIGHT, WRONG = "tab:green", "tab:red"
 LIBRARY_WARNINGS = (r"'\w+' deprecated - use '\w+'",)
 
 
-@contextlib.contextmanager
-def library_warnings_off() -> Iterator[None]:
-    """LIBRARY_WARNINGS kept off the user's terminal (as export.py does for torch's)."""
-    with warnings.catch_warnings():
-        for message in LIBRARY_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        yield
-
-
 def new_figure(size: tuple[float, float]):
     """A matplotlib Figure of `size` inches at DPI, outside pyplot (see the module docstring)."""
-    with library_warnings_off():
+    with library_warnings_off(*LIBRARY_WARNINGS):
         from matplotlib.figure import Figure  # imported here: importing plots costs nothing
 
     return Figure(figsize=size, dpi=DPI)
@@ -65,7 +54,7 @@ def save(figure, path: Path) -> None:
 
     No bbox_inches="tight": it would trim the margins and make the size depend on the contents.
     """
-    with library_warnings_off():
+    with library_warnings_off(*LIBRARY_WARNINGS):
         write_atomically(Path(path), lambda file: figure.savefig(file, dpi=DPI, format="png"))
 
 
