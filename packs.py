@@ -92,7 +92,7 @@ def read_pack(path: Path, key: str) -> dict | None:
     if not complete:
         print(f"warning: the pack {path} is incomplete (damaged?); packing again", file=sys.stderr)
         return None
-    if meta.get("index_crc", index_checksum(index)) != index_checksum(index):  # packs before it: unchecked
+    if "index_crc" in meta and meta["index_crc"] != index_checksum(index):  # packs before it: unchecked
         print(f"warning: {path / 'index.npy'} is damaged (its checksum differs: the labels or places of its images "
               "changed on the disk or in a copy); packing again", file=sys.stderr)  # fmt: skip
         return None
