@@ -21,7 +21,7 @@ from PIL import Image
 
 from image_files import load_image, pil_to_uint8
 from presets import TTA_MODES, TTA_VIEWS, tta_transform
-from speedups import fast_forward
+from speedups import cpu_flags, fast_forward
 
 T = TypeVar("T")
 
@@ -141,13 +141,7 @@ def pick_precision(choice: str, device: torch.device) -> torch.dtype | None:
 
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether this CPU has bfloat16 units (AVX-512 bf16 or AMX): there bf16 autocast is ~2x faster."""
-    if device.type == "cpu" and sys.platform == "linux":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import speedups
 from alexnet import MIN_INPUT_SIZE, AlexNet, feature_map_size
-from speedups import adaptive_avg_pool_by_matmul, fast_forward
+from speedups import adaptive_avg_pool_by_matmul, conv2d_by_matmul, fast_forward
 
 
 def count(model: torch.nn.Module) -> int:
@@ -173,6 +174,64 @@ def test_fast_forward_shares_the_models_parameters_and_refuses_small_inputs() ->
     assert list(model.state_dict()) == [k.removeprefix("model.") for k in forward.state_dict()]
     with pytest.raises(ValueError, match="at least 67x67"):
         forward(torch.randn(1, 3, 66, 66))
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, stride, padding, side, bias",
+    [(256, 384, 3, 1, 1, 3, True), (8, 5, 3, 1, 1, 4, False), (3, 6, 11, 4, 0, 67, True), (4, 7, 5, 1, 2, 7, True)],
+)
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_a_convolution_as_one_matrix_product_is_the_same_function(
+    c_in: int, c_out: int, kernel: int, stride: int, padding: int, side: int, bias: bool, memory_format
+) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias)
+    x = torch.randn(3, c_in, side, side).contiguous(memory_format=memory_format).requires_grad_()
+    outputs, grads = [], []
+    for compute in (conv2d_by_matmul, lambda x, conv: conv(x)):
+        out = compute(x, conv)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [x, *conv.parameters()]))
+    assert outputs[0].is_contiguous(memory_format=torch.channels_last)
+    for ours, reference in zip([outputs[0], *grads[0]], [outputs[1], *grads[1]]):
+        assert ours.shape == reference.shape
+        assert (ours - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_on_amx_the_small_convolutions_run_as_products_under_bf16_only(amx: bool) -> None:
+    """At 67 px conv3-5 see 3x3 maps: with AMX and bf16 autocast they run as products (the same function to bf16
+    rounding); without AMX, or in fp32, as the model's convolutions."""
+    torch.manual_seed(0)
+    model = AlexNet(10, dropout=0.0)
+    calls = []
+    for i, layer in enumerate(model.features):
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(lambda module, args, out, i=i: calls.append(i))
+    forward = fast_forward(model)
+    forward.amx = amx
+    x = torch.randn(4, 3, 67, 67).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = forward(x).float()
+    plain_convs = [0, 3, 6, 8, 10]  # conv1 to conv5
+    assert calls == (plain_convs[:2] if amx else plain_convs)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model(x).float()
+    assert (ours - reference).abs().max() <= 0.05 * reference.abs().max()  # bf16 rounds to 3 significant digits
+    calls.clear()
+    forward(x)  # fp32: no products
+    assert calls == plain_convs
+
+
+def test_cpu_flags_are_those_linux_reports(tmp_path, monkeypatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    monkeypatch.setattr(speedups, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(speedups.sys, "platform", "linux")
+    assert speedups.cpu_flags() == {"fpu", "avx512_bf16", "amx_bf16"}
+    monkeypatch.setattr(speedups, "CPUINFO", tmp_path / "absent")
+    assert speedups.cpu_flags() == set()
 
 
 def test_fc6_on_a_1x1_map_costs_a_36th() -> None:
