@@ -303,26 +303,31 @@ class Packed(BatchSource):
         return len(self.files)
 
     def take(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.on_device(self.files.gather(torch.tensor(indices)))
+        return self.on_device(self.read(torch.tensor(indices)))
+
+    def read(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images at `indices`, decoded, and their labels; run by the reading threads. A JPEG pack on CUDA
+        is decoded here by nvJPEG, a batch in one call: the call releases the GIL and waits for the GPU, so
+        decoding in these threads overlaps the training step (measured in docs/performance.md)."""
+        if self.decode_on_device:
+            blobs, labels = self.files.gather_encoded(indices)
+            return decode_jpeg_batch(blobs, self.files.shape[-1], self.device), labels
+        return self.files.gather(indices, self.device.type == "cuda")  # pinned: asynchronous copies to the GPU
 
     def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """`workers` threads gather up to twice as many batches ahead (none: each batch is gathered when
-        it is asked for)."""
+        """`workers` threads read up to twice as many batches ahead (none: each batch is read when it is
+        asked for)."""
         pieces = iter(self.order(seed, start).split(self.batch_size))
-        pin = self.device.type == "cuda"  # page-locked buffers: asynchronous host-to-GPU copies
-        gather = self.files.gather_encoded if self.decode_on_device else lambda piece: self.files.gather(piece, pin)
         with ThreadPoolExecutor(max(self.workers, 1)) as pool:
-            ahead = deque(pool.submit(gather, piece) for piece in islice(pieces, 2 * self.workers))
+            ahead = deque(pool.submit(self.read, piece) for piece in islice(pieces, 2 * self.workers))
             for piece in pieces:  # one batch in, one out
-                ahead.append(pool.submit(gather, piece))
+                ahead.append(pool.submit(self.read, piece))
                 yield self.on_device(ahead.popleft().result())
             while ahead:
                 yield self.on_device(ahead.popleft().result())
 
     def on_device(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        if self.decode_on_device:  # the JPEG files' bytes, decoded here as one batch
-            images = decode_jpeg_batch(images, self.files.shape[-1], self.device)
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 

@@ -41,7 +41,13 @@ def test_acceptance_command_runs_in_its_no_cuda_mode(tmp_path: Path) -> None:
     assert loaders["device"] == "cpu" and loaders["pack_seconds"] > 0 and loaders["pack_jpeg_seconds"] > 0
     assert loaders["pack_bytes"] >= 40 * 3 * 77 * 77 > loaders["pack_jpeg_bytes"] > 0  # 67 px crops of 77 px images
     training = summary["training_packed_vs_memory"]
-    assert training["ok"] and training["packed_images_per_second"] > 0 and training["memory_images_per_second"] > 0
+    assert training["ok"] and training["memory_images_per_second"] > 0
+    for key in ("packed", "packed_jpeg"):  # the raw pack, and the JPEG pack (decoded on the GPU on CUDA)
+        rate = training[f"{key}_images_per_second"]
+        assert (
+            rate > 0
+            and training["ratio" if key == "packed" else "jpeg_ratio"] == rate / training["memory_images_per_second"]
+        )
     assert [path.name for path in tmp_path.iterdir()] == ["acceptance.json"]  # the work folder is gone
 
 
