@@ -267,15 +267,15 @@ def loaders(work: Path, folder: Path, size: int, batch: int, seconds: float, cud
 def packed_vs_memory(work: Path, folder: Path, steps: list[str], size: int, batch: int, seconds: float) -> dict:
     """Our training throughput (bench.py --only ours) reading the raw pack and the JPEG pack (packed by
     `loaders`, or now; on CUDA the JPEGs are decoded on the GPU), and with the images in memory."""
-    loaders = {
+    sources = {
         "packed": ["--loader", "packed", "--pack-format", "raw"],
         "packed_jpeg": ["--loader", "packed", "--pack-format", "jpeg"],
         "memory": ["--loader", "memory"],
     }
     rates = {}
-    for name, loader in loaders.items():
+    for name, loader in sources.items():
         arguments = ["--data", str(folder), *loader, "--pack-dir", str(work / "packs"), "--only", "ours"]
-        figures = run_bench(work, [*arguments, *steps], size, batch, seconds / len(loaders))
+        figures = run_bench(work, [*arguments, *steps], size, batch, seconds / len(sources))
         if not figures["ok"]:
             return {"ok": False, "error": f"{' '.join(loader)}: {figures['error']}", **rates}
         rates[f"{name}_images_per_second"] = figures["images_per_second"]
