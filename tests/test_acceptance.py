@@ -137,3 +137,34 @@ def test_bench_repeats_its_timing_and_reports_the_median() -> None:
     runs = figures["images_per_second_runs"]
     assert len(runs) == 3 and figures["images_per_second"] == sorted(runs)[1]
     assert figures["precision"] == "fp32" and figures["matmul_tflops"] > 0
+
+
+def test_stages_runs_only_the_stages_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(acceptance, "write_jpegs", lambda root, count: root)
+    monkeypatch.setattr(acceptance, "run_bench", lambda *args: {"ok": True, "images_per_second": 1.0})
+    monkeypatch.setattr(acceptance, "default_run", lambda *args: {"ok": True, "epochs": 1})
+    argv = ["--stages", "default_run", "training_packed_vs_memory", "--summary", str(tmp_path / "s.json")]
+    with pytest.raises(SystemExit) as stopped:
+        acceptance.main([*argv, "--keep", str(tmp_path / "w")])
+    assert stopped.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["stage"] for line in lines[1:-1]] == ["default_run", "training_packed_vs_memory"]
+    with pytest.raises(SystemExit) as refused:  # a stage that does not exist: argparse's one line, exit 2
+        acceptance.main(["--stages", "warmup"])
+    assert refused.value.code == 2 and "invalid choice: 'warmup'" in capsys.readouterr().err
+
+
+def test_the_tests_stage_counts_and_lists_the_failures_with_their_messages(monkeypatch) -> None:
+    seen = {}
+
+    def pytest_run(command, cwd, seconds, env=None):
+        seen["command"], seen["env"] = command, env
+        out = "..F.\nFAILED tests/test_x.py::test_y[cuda] - AssertionError: 3 != 4\n"
+        out += "1 failed, 3 passed, 2 skipped in 9.1s\n"
+        return subprocess.CompletedProcess(command, 1, out, ""), 9.5
+
+    monkeypatch.setattr(acceptance, "run", pytest_run)
+    result = acceptance.run_tests(cuda=False, quick=True, seconds=60)
+    assert result["failed"] == 1 and result["passed"] == 3 and result["skipped"] == 2 and not result["ok"]
+    assert result["failures"] == ["FAILED tests/test_x.py::test_y[cuda] - AssertionError: 3 != 4"]
+    assert "-rfE" in seen["command"] and seen["env"]["COLUMNS"] == "400"  # the summary's lines, whole

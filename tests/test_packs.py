@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from helpers import run
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 import packs
 import train
@@ -228,6 +228,13 @@ def test_a_jpeg_pack_holds_each_stored_image_as_one_jpeg_file(photos: Path, tmp_
         with Image.open(io.BytesIO(packs.encode_jpeg(stored))) as jpeg:  # what the pack's JPEG decodes to
             assert torch.equal(image, torch.from_numpy(np.array(jpeg.convert("RGB"))).permute(2, 0, 1))
         assert label == samples[row][1]
+
+
+def test_a_jpeg_pack_keeps_colour_at_full_resolution() -> None:
+    """4:4:4, no chroma subsampling: nvJPEG on the GPU then decodes Pillow's pixels (docs/packed-copies.md)."""
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with Image.open(io.BytesIO(packs.encode_jpeg(image))) as jpeg:
+        assert JpegImagePlugin.get_sampling(jpeg) == 0  # Pillow's code for 4:4:4 (4:2:0 is 2)
 
 
 def test_a_complete_pack_is_read_not_packed_again(photos: Path, tmp_path: Path, monkeypatch) -> None:
