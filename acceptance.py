@@ -56,15 +56,23 @@ BUDGETS = {
 CPU_BUDGET = 240  # seconds per stage on the CPU, where everything is scaled down but slow
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with every default, and the docstring above as it is written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a first look: fewer stages, shorter ones (~3 min)")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the test suite's gpu tests")
     parser.add_argument("--stages", nargs="+", choices=list(BUDGETS), help="only these stages (a rerun of some)")
     parser.add_argument("--jpegs", type=int, default=None, help="generated JPEGs (default: 4000 on CUDA, 64 on CPU)")
     parser.add_argument("--summary", default="acceptance.json", help="the JSON summary, rewritten after each stage")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

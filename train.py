@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=list(RECIPES),
         help="a preset of the flags below (explicit flags win): paper = the paper's network and recipe; "
-        "cifar10 = CIFAR-10 to about 80% in 18 epochs on 2 CPU cores (docs/performance.md)",
+        "cifar10 = CIFAR-10 to about 80%% in 18 epochs on 2 CPU cores (docs/performance.md)",
     )
     defaults = DataConfig()  # the library's defaults are the data flags' defaults
     add_data_flags(parser.add_argument_group("data"), defaults)
