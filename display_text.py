@@ -1,0 +1,51 @@
+"""Names we did not write (class folders, label files, checkpoints' metadata) made safe to show.
+
+A class name comes from a folder name or a file someone else made: it may hold a terminal escape
+sequence, a newline that forges another result line, bytes that are not UTF-8 (Python keeps them as
+lone surrogates, which no encoder accepts), or a leading "=" that a spreadsheet runs as a formula.
+
+    >>> printable("caf\\udce9\\x1b[31m")     # a non-UTF-8 byte and an ANSI colour
+    'caf\\\\xe9\\\\x1b[31m'
+    >>> spreadsheet_cell("=HYPERLINK(1)")  # OWASP's advice for CSV injection: a leading quote
+    "'=HYPERLINK(1)"
+
+Ordinary Unicode (accents, CJK, emoji) passes through unchanged; only what cannot be shown as text is
+written as a Python escape, so that two different names never look the same.
+"""
+
+import unicodedata
+
+# Characters that start a formula (or a DDE call) in Excel, LibreOffice and Google Sheets.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def escaped(character: str) -> str:
+    """One character as a Python escape: \\xNN for a byte that was not UTF-8 or a control, \\uNNNN else."""
+    code = ord(character)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by os.fsdecode as a lone surrogate
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format (e.g. right-to-left override), separator other than the plain space,
+    lone surrogate and backslash written as an escape: one line, as it would be typed, safe on a terminal."""
+    out = []
+    for character in text:
+        category = unicodedata.category(character)
+        if character == "\\":
+            out.append("\\\\")  # so that an escape we write is never confused with one in the name
+        elif character == " " or category[0] not in "CZ":
+            out.append(character)
+        else:
+            out.append(escaped(character))
+    return "".join(out)
+
+
+def spreadsheet_cell(text: str) -> str:
+    """`text` for one cell of a CSV file: printable, and with a leading quote where a spreadsheet would
+    otherwise read it as a formula."""
+    text = printable(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
