@@ -29,7 +29,7 @@ import torch
 from alexnet import AlexNet
 from atomic_files import save_atomically
 from errors import CheckpointError, first_sentence
-from presets import EvalPreset
+from presets import EvalPreset, preset_problem, shown
 
 CHECKPOINT_KEYS = ("model", "model_config", "classes", "preprocess")
 PREPROCESS_KEYS = tuple(field.name for field in fields(EvalPreset))
@@ -242,11 +242,14 @@ def build_model(config: dict, path: Path) -> AlexNet:
 
 
 def check_classes_and_preprocess(checkpoint: dict, model: AlexNet, path: Path) -> None:
-    """Raise CheckpointError if the class names or input channels disagree with the model."""
+    """Raise CheckpointError if the classes or the preprocessing make no sense, or disagree with the model."""
     classes, num_classes = checkpoint["classes"], model.config["num_classes"]
     if not isinstance(classes, (list, tuple)) or len(classes) != num_classes:
         count = len(classes) if isinstance(classes, (list, tuple)) else type(classes).__name__
         raise CheckpointError(f"{path}: has {count} class names but its model has {num_classes} outputs")
+    problem = classes_problem(classes, num_classes, unique=True)  # the ids: folder names, which data is matched to
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     if num_classes < 2:  # trained on one class folder (refused since): it would name that class for any image
         raise CheckpointError(f"{path}: has one class ({classes[0]}), so it names it for any image; train it on two "
                               "or more classes")  # fmt: skip
@@ -255,11 +258,30 @@ def check_classes_and_preprocess(checkpoint: dict, model: AlexNet, path: Path) -
         not isinstance(names, (list, tuple)) or len(names) != len(classes) or not all(isinstance(n, str) for n in names)
     ):
         raise CheckpointError(f"{path}: its class_names are not {len(classes)} strings, one per class")
+    problem = preset_problem(checkpoint["preprocess"], model.min_input_size)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     if checkpoint["preprocess"]["in_channels"] != model.config["in_channels"]:
         raise CheckpointError(
             f"{path}: preprocess.in_channels is {checkpoint['preprocess']['in_channels']} "
             f"but the model takes {model.config['in_channels']} channels"
         )
+
+
+def classes_problem(classes: object, count: int, unique: bool) -> str | None:
+    """What makes no sense in a list of class names read from a file, as one line "classes = VALUE: what is wrong";
+    None for `count` strings (and no two the same, if `unique`: ids are; readable names need not be, ImageNet has
+    two "crane"s). For checkpoints and exports alike."""
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(name, str) for name in classes):
+        return f"classes = {shown(classes)}: not a list of {count} names (text)"
+    if len(classes) != count:
+        return f"classes = {shown(classes)}: {len(classes)} names for {count} outputs"
+    seen = set()
+    for name in classes if unique else ():
+        if name in seen:
+            return f"classes = {shown(classes)}: {shown(name)} is there twice"
+        seen.add(name)
+    return None
 
 
 def check_weights(model: AlexNet, weights: dict, path: Path) -> None:

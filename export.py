@@ -13,10 +13,13 @@ The exported network takes normalised float32 images (B, C, S, S), any batch siz
 logits (B, num_classes); the preprocessing is not inside it but described beside it: the class
 names, the EvalPreset (input side, resize side, mean, std, channels) and the model_config are one
 JSON object, under the key "alexnet" of the ONNX file's metadata_props, or in the .pt2 archive as
-the extra file "alexnet.json". `load_exported` reads it back, so that inference preprocesses an
-image for the exported file exactly as for the checkpoint. Beside it, "alexnet.checksum" holds a
-CRC-32 of the weights as written (checkpoints.checksum), which `load_exported` checks: a file
-damaged on a disk or in a copy is one ExportError, not confident nonsense.
+the extra file "alexnet.json". `load_exported` reads it back, checked to make sense for the network
+beside it (classes, input size, preprocessing), so that inference preprocesses an image for the
+exported file exactly as for the checkpoint. Beside it, "alexnet.checksum" holds a CRC-32 of the
+weights as written (checkpoints.checksum), which `load_exported` checks: a file damaged on a disk
+or in a copy is one ExportError, not confident nonsense. And a .pt2 file is checked before
+torch.export.load reads it (pt2_files.py): one that holds anything but what export_model writes
+(pickled data, which torch would unpickle in full; compiled code; ...) is refused unread.
 
 Before a file is kept, `export_model` runs it (ONNX through ONNX Runtime) on random inputs and on
 rendered images (shapes.py, plus any images given), as a batch of one and as a larger batch, and
@@ -27,12 +30,13 @@ onnx, onnxscript and onnxruntime are needed only for .onnx files, and imported o
 them, ExportError says what to install.
 """
 
+import contextlib
 import importlib.util
 import io
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +45,10 @@ from torch import nn
 
 from alexnet import AlexNet
 from atomic_files import DiskFullError, out_of_space, tensor_bytes
-from checkpoints import checksum
+from checkpoints import checksum, classes_problem
 from errors import ExportError, first_sentence, library_warnings_off
-from presets import EvalPreset, eval_transform
+from presets import EVAL_FIELDS, EvalPreset, eval_transform, preset_problem, shown
+from pt2_files import Pt2Contents, inspect_pt2
 from shapes import make_shapes
 
 EXPORT_FORMATS = (".onnx", ".pt2")
@@ -125,8 +130,7 @@ def export_model(
     model.cpu().eval()  # exported from the CPU, in fp32 as trained; put back where it was below
     metadata = export_metadata(model, meta)
     example = torch.randn(2, *input_shape(meta["preprocess"]))  # batch 2: a batch of 1 would be specialised
-    # Hidden, beside the target (the rename cannot fail), and this process's own (two exports never meet).
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{suffix}")
+    tmp = partial_path(path)
     try:
         # The plain model: speedups.fast_forward's fold depends on the batch size, a Python branch that
         # torch.export would trace once, for the example batch, and keep for every batch size.
@@ -139,15 +143,42 @@ def export_model(
                 f"(random inputs {random_difference:.3g}, images {image_difference:.3g}; at most {tolerance:g} "
                 "allowed); nothing written"
             )
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # e.g. a directory of that name made meanwhile, a folder made read-only
+            raise cannot_write(path, error) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a temporary file that cannot be removed must not hide why
+            tmp.unlink(missing_ok=True)
         model.to(device).train(training)
     return ExportReport(path, path.stat().st_size, random_difference, image_difference, count)
 
 
+NAME_MAX = 255  # bytes in a file name (Linux, macOS and Windows file systems alike)
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary file an export is written to: hidden, beside the target (the rename cannot fail), this
+    process's own (two exports never meet), and a valid name however long the target's: ".STEM.PID.partial.pt2",
+    STEM cut short (whole characters) to keep it within NAME_MAX bytes."""
+    tail = f".{os.getpid()}.partial{path.suffix}"
+    stem = path.stem
+    while len(os.fsencode(f".{stem}{tail}")) > NAME_MAX:
+        stem = stem[:-1]
+    return path.with_name(f".{stem}{tail}")
+
+
+def cannot_write(path: Path, error: OSError) -> ExportError:
+    return ExportError(f"{path}: cannot write it ({error.strerror or error}); choose another path")
+
+
 def check_writable(path: Path) -> None:
     """ExportError unless a file can be created at `path` (before minutes are spent exporting)."""
+    if len(os.fsencode(path.name)) > NAME_MAX:  # first: asking the file system about it fails too (ENAMETOOLONG)
+        raise ExportError(
+            f"{path}: cannot write there: its name is {len(os.fsencode(path.name))} bytes, more than the {NAME_MAX} "
+            "a file name can have; choose a shorter name"
+        )
     if path.is_dir():
         raise ExportError(f"{path}: is a directory; give a file name ending in {' or '.join(EXPORT_FORMATS)}")
     folder = path.parent
@@ -197,10 +228,12 @@ def dynamic_batch() -> tuple[dict, ...]:
 
 
 # Warnings torch prints about its own code as it exports or loads (regular expressions of their start):
-# torch 2.11's torch.export on its own pytree classes, and its .pt2 reader on its own read-only buffers.
+# torch 2.11's torch.export on its own pytree classes, its .pt2 reader on its own read-only buffers, and
+# torch.export.save on weights in channels_last (as trained), whose bytes it writes whole all the same.
 LIBRARY_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The given buffer is not writable, and PyTorch does not support non-writable tensors",
+    r"No complete tensor found in the group",
 )
 
 
@@ -217,7 +250,7 @@ def write_exported(network: nn.Module, example: torch.Tensor, metadata: str, tmp
             full = DiskFullError(path, written, needed=tensor_bytes(network.state_dict()))  # the weights: the bulk
             raise ExportError(str(full)) from None
         if isinstance(error, OSError):
-            raise ExportError(f"{path}: cannot write the file ({error.strerror or error})") from None
+            raise cannot_write(path, error) from None
         exporter = "torch.onnx.export" if suffix == ".onnx" else "torch.export"
         raise ExportError(f"{path}: {exporter} failed ({type(error).__name__}: {first_sentence(str(error))})") from None
 
@@ -311,17 +344,19 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """An exported file as (network, meta), like checkpoints.load_checkpoint: the network maps
     (B, C, S, S) to logits; meta holds "classes" and "preprocess" (an EvalPreset), from its metadata.
 
-    .onnx files run on ONNX Runtime's CPU provider (whatever `device`). Raises ExportError, one line
-    naming the path, for a missing or empty file, an unknown extension, a file the runtime cannot
-    load, a missing onnxruntime, or metadata that is not what export_model writes.
+    .onnx files run on ONNX Runtime's CPU provider (whatever `device`). A .pt2 file is checked before torch
+    reads it (pt2_files.py): one that holds anything but what export_model writes (pickled data, code) is
+    refused unread. Raises ExportError, one line naming the path, for a missing or empty file, an unknown
+    extension, a file the runtime cannot load or refused, a missing onnxruntime, or metadata that is not what
+    export_model writes or makes no sense for the network (classes, preprocessing, input size).
     """
     path = Path(path)
     suffix = export_format(path)
     check_readable(path)
-    network, metadata, stored, computed = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
+    network, meta, stored, computed = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
     if stored is not None and stored != computed:
         raise damaged(path)
-    return network, meta_from_metadata(metadata, path)
+    return network, meta
 
 
 def damaged(path: Path) -> ExportError:
@@ -340,8 +375,8 @@ def check_readable(path: Path) -> None:
         raise ExportError(f"{path}: empty file (0 bytes); was it written or copied completely?")
 
 
-def load_onnx(path: Path) -> tuple[nn.Module, str | None, str | None, str | None]:
-    """(the network on ONNX Runtime, its metadata, the checksum stored, the checksum of its weights)."""
+def load_onnx(path: Path) -> tuple[nn.Module, dict, str | None, str | None]:
+    """(the network on ONNX Runtime, its meta, the checksum stored, the checksum of its weights)."""
     require_onnx(path, export=False)
     import onnxruntime
 
@@ -354,6 +389,10 @@ def load_onnx(path: Path) -> tuple[nn.Module, str | None, str | None, str | None
         reason = first_sentence(str(error).split(" : ")[-1].split("failed:")[-1])  # without the path again
         raise ExportError(f"{path}: not an ONNX model that ONNX Runtime can load ({reason})") from None
     properties = session.get_modelmeta().custom_metadata_map
+    inputs, outputs = ([dims(node.shape) for node in nodes] for nodes in (session.get_inputs(), session.get_outputs()))
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ExportError(f"{path}: its network takes {len(inputs)} inputs and gives {len(outputs)}, not one each")
+    meta, _ = meta_from_metadata(properties.get(METADATA_KEY), path, inputs[0], outputs[0])
     stored = properties.get(CHECKSUM_KEY)
     computed = stored
     if stored is not None and importlib.util.find_spec("onnx") is not None:  # in requirements.txt; else unchecked
@@ -362,32 +401,78 @@ def load_onnx(path: Path) -> tuple[nn.Module, str | None, str | None, str | None
 
         initializers = onnx.load(str(path)).graph.initializer
         computed = onnx_checksum({init.name: numpy_helper.to_array(init) for init in initializers})
-    return OnnxRuntimeModel(session), properties.get(METADATA_KEY), stored, computed
+    return OnnxRuntimeModel(session), meta, stored, computed
 
 
-def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, str | None, str | None, str | None]:
-    """(the network, its metadata, the checksum stored, the checksum of its weights)."""
-    extra_files = {f"{METADATA_KEY}.json": "", CHECKSUM_KEY: ""}
+def dims(shape: list) -> tuple[int | None, ...]:
+    """An ONNX Runtime shape, None for each dynamic size (named, as "batch")."""
+    return tuple(size if isinstance(size, int) else None for size in shape)
+
+
+PT2_EXTRA_FILES = (f"{METADATA_KEY}.json", CHECKSUM_KEY)
+
+
+def load_pt2(path: Path, device: str | torch.device) -> tuple[nn.Module, dict, str | None, str | None]:
+    """(the network, its meta, the checksum stored, the checksum of its weights). The archive is checked
+    (inspect_pt2) as it is on the disk, before it is read whole, and again as read: torch then reads the very
+    bytes that were checked, whatever happens to the file meanwhile."""
+    try:
+        with open(path, "rb") as file:
+            contents, _ = checked_pt2(file, path)
+            size = file.seek(0, io.SEEK_END)
+            file.seek(0)
+            data = file.read(size + 1)
+    except OSError as error:
+        raise ExportError(f"{path}: cannot read it ({error.strerror or error})") from None
+    as_read, meta = checked_pt2(io.BytesIO(data), path)
+    if len(data) != size or as_read != contents:
+        raise ExportError(f"{path}: changed while it was read; read it again once nothing writes it")
     logger = logging.getLogger("torch.export")  # which logs a traceback before raising on a bad file
     level = logger.level
+    extra_files = dict.fromkeys(PT2_EXTRA_FILES, "")
     try:
         logger.setLevel(logging.ERROR)
         with library_warnings_off(*LIBRARY_WARNINGS):
-            program = torch.export.load(path, extra_files=extra_files)
-    except Exception as error:  # a zip archive of something else, not a zip archive, truncated, ...
+            program = torch.export.load(io.BytesIO(data), extra_files=extra_files)
+    except Exception as error:  # what the checks cannot see: an operator this torch lacks, a graph that fails
         if "Bad CRC-32" in str(error):  # older torch checks the archive's own checksums as it reads
             raise damaged(path) from None
         reason = f"{type(error).__name__}: {first_sentence(str(error))}"
         raise ExportError(f"{path}: not a .pt2 file that torch.export.load can read ({reason})") from None
     finally:
         logger.setLevel(level)
-    stored = extra_files[CHECKSUM_KEY] or None
+    del data  # the weights are in the program now
+    stored = contents.extra.get(CHECKSUM_KEY) or None
     computed = program_checksum(program) if stored is not None else None
-    return program.module().to(device), extra_files[f"{METADATA_KEY}.json"] or None, stored, computed
+    return program.module().to(device), meta, stored, computed
 
 
-def meta_from_metadata(metadata: str | bytes | None, path: Path) -> dict:
-    """The "classes" and "preprocess" (EvalPreset) of an exported file's JSON metadata."""
+def checked_pt2(source: io.BufferedIOBase, path: Path) -> tuple[Pt2Contents, dict]:
+    """(the contents, the meta) of a .pt2 archive that holds only what export_model writes (inspect_pt2), with
+    metadata that makes sense for its network, whose weights are the ones its model_config describes."""
+    contents = inspect_pt2(source, path, PT2_EXTRA_FILES)
+    meta, network = meta_from_metadata(
+        contents.extra.get(PT2_EXTRA_FILES[0]), path, contents.input_shape, contents.output_shape
+    )
+    expected = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
+    differences = [
+        name for name in {**expected, **contents.weights} if expected.get(name) != contents.weights.get(name)
+    ]
+    if differences:
+        name = differences[0]
+        raise ExportError(
+            f"{path}: its weights are not those of its model_config {shown(network.config)}: {name} has shape "
+            f"{contents.weights.get(name)} in the file, {expected.get(name)} in the model"
+        )
+    return contents, meta
+
+
+def meta_from_metadata(
+    metadata: str | bytes | None, path: Path, input_shape: list | tuple, output_shape: list | tuple
+) -> tuple[dict, AlexNet]:
+    """The "classes" and "preprocess" (EvalPreset) of an exported file's JSON metadata, checked for sense
+    (classes_problem, preset_problem) and against the network's input (None, C, S, S) and output (None, classes)
+    shapes; and the network its model_config describes (on the meta device: shapes only)."""
     if not metadata:
         raise ExportError(
             f"{path}: has no {METADATA_KEY!r} metadata (the class names and preprocessing): not a file "
@@ -395,11 +480,47 @@ def meta_from_metadata(metadata: str | bytes | None, path: Path) -> dict:
         )
     try:
         data = json.loads(metadata)
-        preprocess = EvalPreset(**{field.name: data["preprocess"][field.name] for field in fields(EvalPreset)})
-        classes = [str(name) for name in data["classes"]]
-    except (ValueError, KeyError, TypeError) as error:
+        values, classes, config = data["preprocess"], data["classes"], data["model_config"]
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise ExportError(
             f"{path}: its {METADATA_KEY!r} metadata is not what this exporter writes "
             f"({type(error).__name__}: {first_sentence(str(error))})"
         ) from None
-    return {"classes": classes, "preprocess": preprocess}
+    network = described_network(config, path)
+    problem = classes_problem(classes, network.config["num_classes"], unique=False)
+    problem = problem or preset_problem(values, network.min_input_size)
+    if problem:
+        raise ExportError(f"{path}: {problem}")
+    preprocess = EvalPreset(**{field: values[field] for field in EVAL_FIELDS})
+    check_shapes(preprocess, len(classes), tuple(input_shape), tuple(output_shape), path)
+    return {"classes": list(classes), "preprocess": preprocess}, network
+
+
+def described_network(config: object, path: Path) -> AlexNet:
+    """The AlexNet an export's model_config describes, on the meta device; ExportError if it describes none."""
+    try:
+        with torch.device("meta"):
+            return AlexNet(**config)
+    except Exception as error:  # not a dict (TypeError), unknown keyword, impossible sizes (ValueError, ...)
+        raise ExportError(
+            f"{path}: model_config = {shown(config)}: does not describe an AlexNet "
+            f"({type(error).__name__}: {first_sentence(str(error))})"
+        ) from None
+
+
+def check_shapes(preprocess: EvalPreset, classes: int, inputs: tuple, outputs: tuple, path: Path) -> None:
+    """ExportError unless the network takes (any batch, in_channels, image_size, image_size) and gives (any batch,
+    one logit per class): the metadata must describe the network beside it."""
+    if len(inputs) != 4 or inputs[0] is not None or len(outputs) != 2 or outputs[0] is not None:
+        raise ExportError(f"{path}: its network takes {inputs} and gives {outputs}, not a batch of images and logits")
+    if inputs[1] != preprocess.in_channels:
+        raise ExportError(
+            f"{path}: preprocess.in_channels = {preprocess.in_channels}: the network takes {inputs[1]} channels"
+        )
+    if inputs[2:] != (preprocess.image_size, preprocess.image_size):
+        raise ExportError(
+            f"{path}: preprocess.image_size = {preprocess.image_size}: the network takes {inputs[2]} x {inputs[3]} "
+            "inputs"
+        )
+    if outputs[1] != classes:
+        raise ExportError(f"{path}: has {classes} classes but its network {outputs[1]} outputs")

@@ -47,6 +47,83 @@ class EvalPreset:
     in_channels: int  # 1 (grayscale) or 3 (RGB): what images are converted to
 
 
+# Bounds of an EvalPreset read from a file (a checkpoint, an export), checked before any image is resized by it:
+# a damaged or hostile file must not make every image a 10.8 GB resize (resize_size 60000) or blow its pixels up
+# (a std of 0). MAX_SIDE is 16 times the paper's 256: beyond any AlexNet that train.py's memory check lets train,
+# yet a side whose resize costs 50 MB of uint8 and whose crop 200 MB of float32 per image.
+MAX_SIDE = 4096
+MIN_STD = 1 / 256  # below one grey level: channel_stats never measures less (it clamps at 1/255)
+CHANNELS = {1: "grayscale", 3: "RGB"}
+
+
+def preset_problem(values: object, min_image_size: int) -> str | None:
+    """What makes no sense in an evaluation preset read from a file (EvalPreset's fields, as a dict), as one
+    line "preprocess.FIELD = VALUE: what is wrong"; None when it is usable by a network whose smallest input
+    side is `min_image_size`. The one check of checkpoints.py and export.py."""
+    if not isinstance(values, dict):
+        return f"preprocess = {shown(values)}: not a table of {', '.join(EVAL_FIELDS)}"
+    missing = [field for field in EVAL_FIELDS if field not in values]
+    if missing:
+        return f"preprocess lacks {', '.join(missing)}"
+    channels, image_size, resize_size = values["in_channels"], values["image_size"], values["resize_size"]
+    problems = {
+        "in_channels": None if whole(channels) and channels in CHANNELS else "neither 1 (grayscale) nor 3 (RGB)",
+        "image_size": side_problem(image_size, min_image_size, f"{min_image_size} (the network's smallest input)"),
+        "resize_size": side_problem(
+            resize_size,
+            image_size if whole(image_size) else 1,
+            f"preprocess.image_size ({shown(image_size)}), the side of the centre crop cut from it",
+        ),
+        "mean": numbers_problem(values["mean"], channels, 0, 1),
+        "std": numbers_problem(values["std"], channels, MIN_STD, 1),
+    }
+    for field, problem in problems.items():
+        if problem:
+            return f"preprocess.{field} = {shown(values[field])}: {problem}"
+    return None
+
+
+EVAL_FIELDS = ("image_size", "resize_size", "mean", "std", "in_channels")
+
+
+def whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no size
+
+
+def side_problem(side: object, smallest: int, smallest_is: str) -> str | None:
+    if not whole(side):
+        return "not a whole number"
+    if side < smallest:
+        return f"less than {smallest_is}"
+    if side > MAX_SIDE:
+        return f"more than {MAX_SIDE} pixels (each image would be resized to {side} x {side})"
+    return None
+
+
+def numbers_problem(values: object, channels: object, low: float, high: float) -> str | None:
+    """Why `values` is not one number within [low, high] per channel (`channels`: preprocess.in_channels)."""
+    count = channels if whole(channels) and channels in CHANNELS else 3
+    if not isinstance(values, (list, tuple)) or len(values) > 2 * MAX_CHANNELS:
+        return f"not a list of {count} numbers"
+    for value in values:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"{shown(value)} is not a number"
+        if not low <= value <= high:  # NaN fails too
+            return f"{shown(value)} is not within [{low:.2g}, {high:.2g}]"
+    if len(values) != count:
+        return f"{len(values)} values for {count} channels (preprocess.in_channels)"
+    return None
+
+
+MAX_CHANNELS = max(CHANNELS)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value read from a file, as Python writes it (escapes and all: one line, safe on a terminal), cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 # The evaluation preprocessing torchvision's ImageNet weights were trained for (their transforms():
 # resize 256, centre crop 224, ImageNet's mean and std).
 IMAGENET_PRESET = EvalPreset(image_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_channels=3)

@@ -311,6 +311,29 @@ def test_files_that_are_not_exports_are_one_line_each(tmp_path: Path, capsys: py
         )
 
 
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"classes": ["a", "b", "c", "d"]}, "classes = ['a', 'b', 'c', 'd']: 4 names for 3 outputs"),
+        ({"preprocess": {**asdict(PREPROCESS), "image_size": 70}}, "preprocess.image_size = 70: the network takes 67"),
+        ({"preprocess": {**asdict(PREPROCESS), "std": [0.2, 0.0, 0.2]}}, "preprocess.std = [0.2, 0.0, 0.2]: 0.0 is"),
+    ],
+    ids=["classes", "image-size", "std"],
+)
+def test_onnx_metadata_that_makes_no_sense_is_one_line(
+    exported: Exported, tmp_path: Path, change: dict, expected: str
+) -> None:
+    """The metadata beside the network must describe it: the ONNX side (the .pt2 side: test_untrusted_files.py)."""
+    model = onnx.load(str(exported(".onnx")[0]))
+    (prop,) = [p for p in model.metadata_props if p.key == "alexnet"]
+    prop.value = json.dumps({**json.loads(prop.value), **change})
+    path = tmp_path / "edited.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ExportError) as caught:
+        load_exported(path)
+    assert str(caught.value).startswith(f"{path}: {expected}") and "\n" not in str(caught.value), str(caught.value)
+
+
 # Classifying with exported files ---------------------------------------------------------------
 
 
@@ -390,6 +413,48 @@ def test_output_that_cannot_be_written_is_one_line(
     )
     assert status == 1 and out.startswith(f"{image}:")  # classified and printed; only the file failed
     assert err.startswith(f"error: --output {tmp_path / 'taken.csv'}: cannot write it") and len(err.splitlines()) == 1
+
+
+# File names --------------------------------------------------------------------------------------
+
+
+def test_an_export_to_the_longest_file_name_is_written(
+    tmp_path: Path, checkpoint_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A 250-character name (file systems take 255 bytes) leaves no room for a temporary name built on it: the
+    temporary name's stem is cut short (whole characters), the file written under the name asked for."""
+    path = tmp_path / ("n" * 246 + ".pt2")
+    status, out, err = run_cli(capsys, "--export", str(path), "--checkpoint", str(checkpoint_file))
+    assert status == 0 and err == "" and SUCCESS.match(out), err
+    assert sorted(tmp_path.iterdir()) == [path]
+    too_long = tmp_path / ("n" * 252 + ".pt2")  # 256 bytes: refused at once, not after the export
+    status, out, err = run_cli(capsys, "--export", str(too_long), "--checkpoint", str(checkpoint_file))
+    assert status == 2 and out == "" and f"--export {too_long}: cannot write there: its name is 256 bytes" in err
+    names = ("n" * 246 + ".pt2", "\u00e9" * 125 + ".onnx", "\U0001f600" * 62 + ".pt2")  # 1, 2, 4 bytes a character
+    for partial in (export.partial_path(tmp_path / name) for name in names):
+        assert len(partial.name.encode()) <= 255 and partial.name.startswith(".") and partial.suffix in FORMATS
+
+
+def test_an_export_that_cannot_be_put_in_place_is_one_line(
+    tmp_path: Path, loaded: tuple[AlexNet, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target becomes a directory while the export runs (another program made it): the rename fails, and that
+    is one line saying what to do, with no temporary file left behind."""
+    model, meta = loaded
+    path = tmp_path / "m.pt2"
+    parity = export.parity
+
+    def parity_then_a_directory_appears(*args: object) -> tuple[float, float, int]:
+        result = parity(*args)
+        path.mkdir()
+        (path / "file").write_text("")
+        return result
+
+    monkeypatch.setattr(export, "parity", parity_then_a_directory_appears)
+    with pytest.raises(ExportError) as caught:
+        export_model(model, meta, path)
+    assert str(caught.value) == f"{path}: cannot write it (Is a directory); choose another path"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
 
 
 # End to end ------------------------------------------------------------------------------------
