@@ -74,9 +74,10 @@ def unique_names(wnids: list[str], names: list[str]) -> list[str]:
 
 def read_synset_mapping(path: Path, setting: str) -> dict[str, list[str]]:
     """LOC_synset_mapping.txt -> {wnid: [words]}; DataError (naming the file and line) if it is
-    missing or a line is not `<wnid> <words, ...>`."""
+    missing or a line is not `<wnid> <words, ...>` with at least one word. A byte-order mark (an editor's
+    "UTF-8 with BOM") is skipped, and a tab may separate the id from its words as a space does."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(
             f"{path}: no such file; it comes with Kaggle's ImageNet download: put it there", setting
@@ -87,14 +88,15 @@ def read_synset_mapping(path: Path, setting: str) -> dict[str, list[str]]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        wnid, _, words = line.strip().partition(" ")
-        if not WNID.fullmatch(wnid) or not words.strip():
+        wnid, *rest = line.split(maxsplit=1)
+        words = [word.strip() for word in (rest or [""])[0].split(",") if word.strip()]
+        if not WNID.fullmatch(wnid) or not words:  # e.g. "n01440764 ,": an id without a single name
             raise DataError(
                 f"{path} line {number}: expected '<WordNet id> <names>' such as 'n01440764 tench, Tinca tinca', "
                 f"got {line.strip()[:60]!r}; download the file again",
                 setting,
             )
-        mapping[wnid] = [word.strip() for word in words.split(",") if word.strip()]
+        mapping[wnid] = words
     if not mapping:
         raise DataError(f"{path}: empty; download it again", setting)
     return mapping
@@ -109,6 +111,9 @@ def read_meta_bin(path: Path, setting: str) -> tuple[dict[str, tuple[str, ...]],
             wnid_to_words, val_wnids = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(wnid_to_words, dict) or not all(isinstance(w, (tuple, list)) for w in wnid_to_words.values()):
             raise ValueError("not torchvision's (wnid_to_classes, val_wnids)")
+        nameless = [wnid for wnid, words in wnid_to_words.items() if not named(words)]
+        if nameless:  # every class needs a first word: the name it is shown by
+            raise ValueError(f"class {nameless[0]!r} has no name, or one that is not text ({len(nameless)} such)")
     except Exception as error:  # truncated, not a torch file, another structure
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(
@@ -117,6 +122,11 @@ def read_meta_bin(path: Path, setting: str) -> tuple[dict[str, tuple[str, ...]],
             setting,
         ) from None
     return wnid_to_words, list(val_wnids)
+
+
+def named(words: object) -> bool:
+    """Whether a class's words (meta.bin's tuple) begin with a name: a non-empty tuple of non-empty strings."""
+    return isinstance(words, (tuple, list)) and bool(words) and all(isinstance(w, str) and w.strip() for w in words)
 
 
 def class_names(root: Path, classes: list[str], setting: str) -> list[str] | None:

@@ -11,15 +11,24 @@ Each function writes one PNG and returns nothing. Figures are drawn with matplot
 changes, no backend is switched (a notebook keeps its own) and no figure is left open. Sizes are
 fixed (a figure size in inches times DPI), so a picture's size in pixels is known in advance:
 see each function.
+
+Class names (and the file names inference titles its pictures with) come from folders and files we
+did not write: every text is drawn as it is written (`plain_text`: no math text, no LaTeX, whatever
+the user's matplotlibrc says), and names are shown through `label` (display_text.printable, shortened).
+A name such as `$5_to_$10` is drawn as those nine characters.
 """
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from atomic_files import write_atomically
+from display_text import printable
 from errors import library_warnings_off
 
 DPI = 100
@@ -32,12 +41,49 @@ MAX_CONFUSION_CLASSES = 30  # beyond that, names and counts no longer fit in a r
 TOPK_SIZE = (10.0, 4.0)  # 1000 x 400
 NEIGHBOUR_CELL = (1.6, 1.9)  # per image, the extra 0.3 inch for the title
 RIGHT, WRONG = "tab:green", "tab:red"
+MAX_LABEL = 32  # characters of a name drawn: a longer one would push the confusion matrix or its neighbours aside
 
 
 # matplotlib before 3.9 calls pyparsing by its old names, and pyparsing 3.3 warns of each (a UserWarning, seen
 # with the floor's matplotlib 3.7) as matplotlib is imported and as it first draws text: not ours, and nothing
 # a user can act on.
 LIBRARY_WARNINGS = (r"'\w+' deprecated - use '\w+'",)
+# A character the font has no glyph for (a CJK class name with matplotlib's DejaVu Sans) is drawn as a box, and
+# matplotlib warns once per character on two lines: the name is printed whole by the scripts, the box is enough.
+GLYPH_MISSING = r"Glyph \d+ .* missing from"
+# Whatever a matplotlibrc asks: a "$" in a class name is not math text, and no text goes to LaTeX ("50%_off" and
+# our own "accuracy (%)" would not compile; without LaTeX installed, every picture would fail).
+PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False, "axes.formatter.use_mathtext": False}
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Figures made and drawn meanwhile show every text as it is written (see PLAIN_TEXT), without the
+    library's warnings (LIBRARY_WARNINGS, GLYPH_MISSING)."""
+    with library_warnings_off(*LIBRARY_WARNINGS, GLYPH_MISSING):
+        import matplotlib  # imported here: importing plots costs nothing
+
+        with matplotlib.rc_context(PLAIN_TEXT):
+            yield
+
+
+def drawn_as_text(plot: Callable) -> Callable:
+    """`plot` run within plain_text: matplotlib reads rcParams as it makes each text, tick labels at drawing."""
+
+    @functools.wraps(plot)
+    def plot_in_plain_text(*args, **kwargs) -> None:
+        with plain_text():
+            plot(*args, **kwargs)
+
+    return plot_in_plain_text
+
+
+def label(name: object, limit: int = MAX_LABEL) -> str:
+    """A class or file name as drawn: printable (escapes for controls, newlines and bytes that were not UTF-8,
+    which no font can draw and which matplotlib cannot even encode), at most `limit` characters (a longer one
+    ends with an ellipsis)."""
+    text = printable(str(name))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def new_figure(size: tuple[float, float]):
@@ -76,6 +122,7 @@ def to_display(image: torch.Tensor) -> tuple[np.ndarray, dict]:
     return array[0], {"cmap": "gray", "vmin": 0, "vmax": 255}
 
 
+@drawn_as_text
 def plot_curves(metrics: list[dict], path: Path) -> None:
     """Loss, top-1 and top-5 accuracy against epoch, train and validation: three panels, 1500 x 450 pixels.
 
@@ -138,6 +185,7 @@ def filter_mosaic(weight: torch.Tensor, columns: int, groups: int = 1, gap: int 
     return mosaic
 
 
+@drawn_as_text
 def plot_filters(weight: torch.Tensor, path: Path, groups: int = 1) -> None:
     """The first convolution's kernels as a grid, like the paper's Figure 3: 900 x 650 pixels.
 
@@ -164,6 +212,7 @@ def plot_filters(weight: torch.Tensor, path: Path, groups: int = 1) -> None:
     save(figure, path)
 
 
+@drawn_as_text
 def plot_predictions(
     images: torch.Tensor,
     labels,
@@ -200,17 +249,18 @@ def plot_predictions(
             continue
         array, options = to_display(images[index])
         ax.imshow(array, **options)
-        label, predicted = labels[index], predictions[index]
-        title = classes[predicted]
+        true, predicted = labels[index], predictions[index]
+        title = label(classes[predicted])
         if confidences is not None:
             title += f" {100 * confidences[index]:.0f}%"
-        if predicted != label:
-            title += f"\n(true: {classes[label]})"
-        ax.set_title(title, color=RIGHT if predicted == label else WRONG, fontsize=9)
+        if predicted != true:
+            title += f"\n(true: {label(classes[true])})"
+        ax.set_title(title, color=RIGHT if predicted == true else WRONG, fontsize=9)
     figure.tight_layout()
     save(figure, path)
 
 
+@drawn_as_text
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> None:
     """A confusion matrix with its counts: rows are the true classes, columns the predicted ones;
     800 x 800 pixels. Cells are shaded by their share of the row (the true class's images), so
@@ -248,8 +298,9 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> N
                     color=colour,
                     fontsize=fontsize,
                 )
-    ax.set_xticks(range(count), classes, rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(count), classes, fontsize=fontsize)
+    names = [label(name) for name in classes]
+    ax.set_xticks(range(count), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(count), names, fontsize=fontsize)
     total = counts.sum()
     accuracy = f", accuracy {100 * np.trace(counts) / total:.1f}%" if total else ""
     ax.set(xlabel="predicted class", ylabel="true class", title=f"Confusion matrix ({total} images{accuracy})")
@@ -257,6 +308,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> N
     save(figure, path)
 
 
+@drawn_as_text
 def plot_topk(image: torch.Tensor, topk: list[tuple[str, float]], path: Path, title: str | None = None) -> None:
     """An image beside a horizontal bar chart of its top-k (class name, probability) pairs, best
     at the top: 1000 x 400 pixels. `image` (C, H, W) uint8; `title` over the image (e.g. its file name).
@@ -269,8 +321,8 @@ def plot_topk(image: torch.Tensor, topk: list[tuple[str, float]], path: Path, ti
     ax_image.imshow(array, **options)
     hide_axes(ax_image)
     if title:
-        ax_image.set_title(title, fontsize=10)
-    names = [name for name, _ in topk]
+        ax_image.set_title(label(title, 48), fontsize=10)  # a file name: the image is wider than a cell
+    names = [label(name) for name, _ in topk]
     values = [100 * probability for _, probability in topk]
     positions = range(len(topk))
     ax_bars.barh(positions, values, color=["tab:blue"] + ["tab:gray"] * (len(topk) - 1))
@@ -293,6 +345,7 @@ def plot_topk(image: torch.Tensor, topk: list[tuple[str, float]], path: Path, ti
     save(figure, path)
 
 
+@drawn_as_text
 def plot_neighbours(
     queries: torch.Tensor,
     query_labels,
@@ -321,13 +374,13 @@ def plot_neighbours(
     for row in range(rows):
         images = [queries[row], *neighbours[row]]
         labels = [query_labels[row], *neighbour_labels[row]]
-        for column, (ax, image, label) in enumerate(zip(axes[row], images, labels)):
+        for column, (ax, image, shown) in enumerate(zip(axes[row], images, labels)):
             array, options = to_display(image)
             ax.imshow(array, **options)
             hide_axes(ax)
             if column == 0:
-                ax.set_title(f"query: {classes[label]}", fontsize=9, fontweight="bold")
+                ax.set_title(f"query: {label(classes[shown])}", fontsize=9, fontweight="bold")
             else:
-                ax.set_title(classes[label], fontsize=9, color=RIGHT if label == query_labels[row] else WRONG)
+                ax.set_title(label(classes[shown]), fontsize=9, color=RIGHT if shown == query_labels[row] else WRONG)
     figure.tight_layout()
     save(figure, path)

@@ -6,6 +6,10 @@ sees half of it. CSV columns: image, error, class_1, confidence_1, ..., class_k,
 (error empty for a classified image, the class columns empty for one that was not). JSON Lines:
 {"image": ..., "predictions": [{"class": ..., "probability": ...}, ...]} as inference.py --json
 prints, or {"image": ..., "error": ...}. Confidences are written in full, not rounded.
+
+Class names and file names come from folders and files we did not write: a CSV cell holds each as
+display_text.spreadsheet_cell writes it (printable, and quoted where a spreadsheet would run it as a
+formula: "=HYPERLINK(...)" becomes "'=HYPERLINK(...)"); JSON Lines keep them exact (json.dumps escapes them).
 """
 
 import csv
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atomic_files import write_atomically
+from display_text import spreadsheet_cell
 
 RESULT_FORMATS = (".csv", ".jsonl")
 
@@ -48,8 +53,9 @@ def results_csv(rows: list[ResultRow]) -> str:
     writer = csv.writer(out)
     writer.writerow(["image", "error", *[f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "confidence")]])
     for row in rows:
-        pairs = [value for pair in row.predictions or [] for value in pair]
-        writer.writerow([row.image, row.error or "", *pairs, *[""] * (2 * k - len(pairs))])  # every row k pairs wide
+        pairs = [value for name, p in row.predictions or [] for value in (spreadsheet_cell(name), p)]
+        cells = [spreadsheet_cell(row.image), spreadsheet_cell(row.error or "")]
+        writer.writerow([*cells, *pairs, *[""] * (2 * k - len(pairs))])  # every row k pairs wide
     return out.getvalue()
 
 

@@ -7,6 +7,7 @@ torn line; `read_metrics` still skips one left by older versions, with a note.
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from atomic_files import write_atomically
+from display_text import printable
 from plots import plot_curves
 
 
@@ -119,10 +121,28 @@ def sample_indices(count: int, total: int) -> list[int]:
     return torch.linspace(0, total - 1, min(count, total)).long().tolist()
 
 
+# A sample's file name, in UTF-8 bytes: far below the 255 that file systems allow, so that the temporary name
+# it is written under (atomic_files: ".<pid>.tmp" added) fits too, and the whole path stays short to type.
+MAX_SAMPLE_NAME = 200
+
+
+def sample_file_name(index: int, name: str) -> str:
+    """`NN_<class>.png` for the `index`-th sample: the class name printable (no control, newline or byte that
+    was not UTF-8), with no path separator or space, cut to fit MAX_SAMPLE_NAME bytes; the index keeps
+    two samples whose long names begin alike apart."""
+    text = printable(name)
+    for separator in {"/", " ", os.sep, os.altsep or "/"}:
+        text = text.replace(separator, "_")
+    prefix, suffix = f"{index:02d}_", ".png"
+    while len((prefix + text + suffix).encode("utf-8")) > MAX_SAMPLE_NAME:
+        text = text[:-1]
+    return prefix + text + suffix
+
+
 def save_samples(images: torch.Tensor, labels: torch.Tensor, classes: list[str], folder: Path, count: int = 8) -> None:
-    """A few validation images as PNG files named after their class, for the inference demo."""
+    """A few validation images as PNG files named after their class (sample_file_name), for the inference demo."""
     folder.mkdir(exist_ok=True)
     for i, index in enumerate(sample_indices(count, len(labels))):
-        name = classes[int(labels[index])].replace("/", "_").replace(" ", "_")
         image = TF.to_pil_image(images[index].cpu())
-        write_atomically(folder / f"{i:02d}_{name}.png", lambda file, image=image: image.save(file, format="PNG"))
+        path = folder / sample_file_name(i, classes[int(labels[index])])
+        write_atomically(path, lambda file, image=image: image.save(file, format="PNG"))
