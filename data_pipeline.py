@@ -41,6 +41,7 @@ from folders import (
     FolderFiles,
     cached_decode,
     check_bad_files,
+    check_listed_files,
     check_samples,
     collate_readable,
     ignore_ctrl_c,
@@ -53,6 +54,7 @@ from packs import PACK_FORMATS, PackedFiles, build_pack, decode_jpeg_batch, pack
 from presets import EvalPreset, TrainPreset, channel_stats, pca_lighting_stats, train_preset
 from shapes import CLASSES as SHAPE_CLASSES
 from shapes import make_shapes
+from worker_deaths import worker_batches
 
 DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet")
 # Default input size per dataset. Small images are upscaled so that AlexNet's stride-4 conv1 and
@@ -66,7 +68,15 @@ MEMORY_LIMIT_BYTES = 8 * 2**30  # image folders up to this size (as uint8) are h
 
 def default_workers() -> int:
     """Decoding processes and pack-reading threads: one per core, up to 8."""
-    return min(8, os.cpu_count() or 1)
+    return min(8, usable_cpus())
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (taskset, a container's or a batch job's cpuset), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # (macOS and Windows have no sched_getaffinity)
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -95,6 +105,7 @@ class DataConfig:
     batch_size: int = 64  # images per batch per process
     seed: int = 0  # the built-in shapes' generation
     max_bad_files: int = 10  # unreadable image files to skip before refusing a folder
+    verify_pack: bool = False  # read every image file again, to check a pack's or the decode cache's contents
 
     def __post_init__(self) -> None:
         if self.image_size is None:  # the one place the default input size is worked out
@@ -261,7 +272,7 @@ class Streaming(BatchSource):
     def batches(self, seed: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(seed, start).tolist()
         self.sampler[:] = order
-        for i, (images, labels, unreadable) in enumerate(self.loader):
+        for i, (images, labels, unreadable) in enumerate(worker_batches(self.loader)):  # a dead worker: WorkerDiedError
             if unreadable.any():
                 batch = order[i * self.batch_size : (i + 1) * self.batch_size]
                 self.bad_files.update(
@@ -381,6 +392,7 @@ def list_dataset(config: DataConfig) -> Listing:
     report_left_out(listing.hidden, listing.other, listing.image_named)
     setting = "data_root" if config.source == "imagenet" else "data"
     check_samples(listing.train_dir.parent, listing.classes, listing.train, listing.val, setting)
+    check_listed_files(listing.train + listing.val, config.max_bad_files)  # thousands of empty files: before decoding
     return listing
 
 
@@ -436,7 +448,9 @@ def load_packed(
         print(f"note: {config.data_root} cannot be written (read-only data?): the packs go to {folder}/ "
               "instead (--pack-dir chooses another)")  # fmt: skip
     for split_dir, samples in ((listing.train_dir, listing.train), (listing.val_dir, listing.val)):
-        path, meta = build_pack(folder, split_dir, samples, channels, store_size, config.workers, fmt)
+        path, meta = build_pack(
+            folder, split_dir, samples, channels, store_size, config.workers, fmt, config.verify_pack
+        )
         files.append(PackedFiles(path, meta))
         bad += meta["bad"]
     report_bad_files(bad, config.max_bad_files)
@@ -484,7 +498,13 @@ def decode_folder_splits(
     """Both splits of an image folder decoded (or read from the decode cache), unreadable files
     counted against config.max_bad_files -> train images, labels, val images, labels."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else decode_cache_dir(Path(config.data_root))
-    decode = {"channels": channels, "size": store_size, "workers": config.workers, "cache_dir": cache_dir}
+    decode = {
+        "channels": channels,
+        "size": store_size,
+        "workers": config.workers,
+        "cache_dir": cache_dir,
+        "verify": config.verify_pack,
+    }
     train_images, train_labels, bad = cached_decode(listing.train_dir, listing.train, **decode)
     val_images, val_labels, bad_val = cached_decode(listing.val_dir, listing.val, **decode)
     report_bad_files(bad + bad_val, config.max_bad_files)
