@@ -16,6 +16,7 @@ power, sets ALEXNET_SKIP_FSYNC=1 to leave it out; nothing else should.
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -68,10 +69,11 @@ def flush_to_disk(fd: int) -> None:
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], needed: int | None = None) -> None:
     """write(file) into a temporary file in the same folder, flushed to disk, then renamed over
     `path`: a crash or a full disk mid-write leaves the previous file intact. The temporary name
-    carries the process id, so two processes writing the same file never write into one another's.
+    carries the process id, so two processes writing the same file never write into one another's, and
+    fits wherever `path` fits (temporary_name).
     `needed`: about how many bytes the file takes, for the message of a full disk (default: the previous
     version's size, if there is one)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -86,6 +88,29 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], needed: int 
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_name(path: Path) -> Path:
+    """The temporary file beside `path` that write_atomically writes: NAME.PID.tmp, or, where that would be
+    longer than a file name may be (NAME_MAX: 255 bytes on most file systems, counted in the name's bytes, so
+    that 85 Chinese letters are the limit), the start of NAME, a hash of all of it (two long names that start
+    alike still differ) and .PID.tmp. Always *.tmp, in the same folder, starting as NAME starts."""
+    end, limit = f".{os.getpid()}.tmp", name_max(path.parent)
+    if len(os.fsencode(path.name + end)) <= limit:
+        return path.with_name(path.name + end)
+    end = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]}{end}"
+    start = path.name
+    while start and len(os.fsencode(start + end)) > limit:
+        start = start[:-1]  # a letter at a time: a name in UTF-8 is never cut inside a letter
+    return path.with_name(start + end)
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (in bytes) that `folder`'s file system takes: 255 where it does not say."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # the folder does not exist (the write then fails with its own error)
+        return 255
 
 
 def save_atomically(obj: object, path: Path) -> None:

@@ -6,6 +6,8 @@ before decoding, truncated files caught, and PIL's many error types turned into 
 with a one-line reason. `pil_to_uint8` then handles every PIL mode and the EXIF orientation.
 """
 
+import errno
+import os
 import re
 import stat
 import warnings
@@ -21,6 +23,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # PIL hands EPS files to Ghostscript, an interpreter with a history of code-execution bugs, and
 # recognises them by content, whatever the extension: never open one.
 REFUSED_FORMATS = {"EPS"}
+LINK_LOOP = "a symbolic link that loops (it leads back to itself)"
 
 
 def pil_to_uint8(image: Image.Image, channels: int) -> torch.Tensor:
@@ -99,6 +102,33 @@ def check_regular_file(path: Path) -> None:
         raise BadImageError(f"{path}: empty file (0 bytes), not an image; was it downloaded or copied completely?")
 
 
+# What a file's directory entry alone (one stat, no byte read) can show: that it is no image (entry_problem).
+# Each kind, as a summary line counts them, with the reason given for one such file.
+ENTRY_PROBLEMS = {
+    "empty": "empty file (0 bytes)",
+    "looping links": LINK_LOOP,
+    "broken links": "a broken symbolic link (what it points to is missing)",
+    "not regular files": "not a regular file (a pipe or device?)",
+    "unreadable": "permission denied: cannot read the file (check its permissions)",
+}
+
+
+def entry_problem(path: Path) -> str | None:
+    """The kind of ENTRY_PROBLEMS that `path` is, from its directory entry alone (nothing read), or None: what
+    lets a folder of thousands of empty files be refused before any is decoded. load_image finds the same."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "broken links" if path.is_symlink() else None  # (gone since it was listed: found when read)
+    except OSError as error:
+        return "looping links" if error.errno == errno.ELOOP else None
+    if not stat.S_ISREG(info.st_mode):
+        return "not regular files"
+    if info.st_size == 0:
+        return "empty"
+    return None if os.access(path, os.R_OK) else "unreadable"
+
+
 def open_formats() -> list[str]:
     """Every format this PIL can open, less REFUSED_FORMATS."""
     Image.init()  # registers all plugins; only the first call does any work
@@ -123,6 +153,8 @@ def image_error_reason(error: Exception) -> str:
         return "no such file"
     if isinstance(error, PermissionError):
         return "permission denied: cannot read the file (check its permissions)"
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return LINK_LOOP + "; remove or repoint it"
     if isinstance(error, UnidentifiedImageError):  # before OSError, its base class
         return "not an image (PIL recognises no image format in it; a text or other file with an image extension?)"
     if isinstance(error, OSError) and "truncated" in str(error):
