@@ -1,88 +1,218 @@
-"""The learning-rate schedule: one object gives the rate for every step, and is saved as one dict.
+"""The learning-rate schedule: PyTorch's schedulers (torch.optim.lr_scheduler) setting the rate of the
+training's own optimiser, and the counts a checkpoint keeps to set them up again.
 
-    >>> schedule = Schedule("step", peak_lr=0.01, total_steps=800, warmup_steps=200, lr_step=6)
-    >>> schedule.lr()          # the rate for the next step: lr / 100 at step 0, rising to lr at 200
-    >>> schedule.step += 1     # after each optimiser step (train.py's train_one_epoch)
+    >>> schedule = Schedule(optimizer, "step", peak_lr=0.01, epochs=4, steps_per_epoch=200, warmup_steps=200)
+    >>> schedule.lr()                  # the rate of the next step, the optimiser's: lr / 100 at step 0
+    >>> schedule.after_step()          # after each optimiser step (train.py's train_one_epoch)
     >>> schedule.end_epoch(val_top1)   # after each epoch: the step decay, or the plateau rule
 
 Kinds:
-- "step": linear warm-up over `warmup_steps` from lr/100, then lr x lr_gamma every `lr_step`
-  epochs (StepLR);
-- "plateau": the same warm-up, then lr / 10 whenever validation top-1 has not improved for more
-  than `patience` epochs (the paper's rule; PyTorch's ReduceLROnPlateau in "max" mode);
-- "onecycle": linear warm-up from lr/25 to lr over `warmup_steps` (at most half the run), then
-  linear decay to lr/25e4 at the last step (PyTorch's OneCycleLR, linear, no momentum cycling).
+- "step": LinearLR, a warm-up over `warmup_steps` optimiser steps from lr/100 to lr, then StepLR: lr x lr_gamma
+  every `lr_step` epochs;
+- "plateau": the same warm-up, then ReduceLROnPlateau ("max" mode): lr / 10 whenever validation top-1 has not
+  improved (by 1e-4, relative) for more than `patience` epochs (the paper's rule);
+- "onecycle": OneCycleLR, linear from lr/25 up to lr over `warmup_steps` (at most half the run), then linear down to
+  lr/25e4 at the last step; no momentum cycling.
+
+Our own code, where a scheduler cannot do the job:
+- A checkpoint keeps counts (steps, epochs, the plateau's best), not the schedulers' state dicts, because the flags
+  given again to --resume win (a new --lr, more --epochs) and LinearLR and StepLR only scale the rate they find,
+  so load_state_dict builds the schedulers for this run's flags and steps them again, in the order the run did,
+  which gives the interrupted run's rate to the bit.
+- ReduceLROnPlateau cannot step again without the validation scores, so that replay divides the rate by 10 itself
+  after the epochs where the rule fired (the state lists them).
+- OneCycleLR divides by zero when its warm-up is a single step (--warmup-steps 0 or 1, or a run of two steps), so
+  such a run decays linearly from lr with LinearLR instead.
 """
 
 import math
-from dataclasses import asdict, dataclass
+import re
+
+import torch
+from torch.optim.lr_scheduler import LinearLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
+
+from display_text import printable
+from errors import CheckpointError, library_warnings_off
 
 SCHEDULES = ("step", "onecycle", "plateau")
+START, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.01, 25.0, 1e4  # the warm-up's first factor; OneCycleLR's divisors
+# PyTorch warns when a scheduler steps before the optimiser has stepped in this process: a restore's replay does,
+# and so does the first step after fp16 loss scaling skipped the optimiser's; neither skips a rate here.
+STEP_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+STATE_KEYS = ("step", "epoch", "best", "bad_epochs")  # what every version's state holds
 
 
-@dataclass
 class Schedule:
-    kind: str  # one of SCHEDULES
-    peak_lr: float  # --lr
-    total_steps: int  # optimiser steps in the whole run (onecycle)
-    warmup_steps: int
-    lr_step: int = 6  # step: epochs between decays
-    lr_gamma: float = 0.1  # step: the decay factor
-    patience: int = 4  # plateau: epochs without improvement tolerated
-    # The state, saved in checkpoints:
-    step: int = 0  # optimiser steps taken
-    epoch: int = 0  # epochs completed
-    reductions: int = 0  # plateau: times the rate was divided by 10
-    best: float = -math.inf  # plateau: the best validation top-1 so far
-    bad_epochs: int = 0  # plateau: epochs since it last improved
+    """The rate of every optimiser step of a run of `epochs` x `steps_per_epoch` steps, set in `optimizer`."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, kind: str, peak_lr: float, epochs: int, steps_per_epoch: int,
+        warmup_steps: int, lr_step: int = 6, lr_gamma: float = 0.1, patience: int = 4,
+    ) -> None:  # fmt: skip
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}: one of {', '.join(SCHEDULES)}")
+        self.optimizer, self.kind, self.peak_lr = optimizer, kind, peak_lr
+        self.epochs, self.steps_per_epoch, self.warmup_steps = epochs, steps_per_epoch, warmup_steps
+        self.lr_step, self.lr_gamma, self.patience = lr_step, lr_gamma, patience
+        self.step = 0  # optimiser steps taken
+        self.epoch = 0  # epochs completed
+        self.reduced_after: list[int] = []  # plateau: the epochs after which the rate was divided by 10
+        self.build()
+
+    def build(self) -> None:
+        """The schedulers at step 0, for this run's settings (they set the optimiser's rate to that of step 0)."""
+        for group in self.optimizer.param_groups:  # (a loaded optimiser holds the rates of the run it came from)
+            group["lr"] = self.peak_lr
+            group.pop("initial_lr", None)
+        total = self.epochs * self.steps_per_epoch
+        self.per_epoch: LRScheduler | ReduceLROnPlateau | None = None
+        if self.kind == "onecycle":
+            pct_start = min(0.5, max(self.warmup_steps, 1) / total)
+            self.per_step_until = total - 1  # the rate of the last step stays
+            if pct_start * total - 1 != 0:  # (OneCycleLR's end of the warm-up)
+                self.per_step: LRScheduler = OneCycleLR(
+                    self.optimizer, self.peak_lr, total_steps=total, pct_start=pct_start, anneal_strategy="linear",
+                    cycle_momentum=False, div_factor=ONECYCLE_DIV, final_div_factor=ONECYCLE_FINAL_DIV,
+                )  # fmt: skip
+            else:
+                end = 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
+                self.per_step = LinearLR(self.optimizer, start_factor=1.0, end_factor=end, total_iters=total - 1)
+            return
+        start = START if self.warmup_steps else 1.0
+        self.per_step = LinearLR(self.optimizer, start_factor=start, total_iters=max(self.warmup_steps, 1))
+        self.per_step_until = self.warmup_steps
+        if self.kind == "plateau":  # eps 0: every reduction is made, however small the rate (the state counts them)
+            self.per_epoch = ReduceLROnPlateau(self.optimizer, "max", factor=0.1, patience=self.patience, eps=0.0)
+        else:
+            self.per_epoch = StepLR(self.optimizer, step_size=self.lr_step, gamma=self.lr_gamma)
 
     def lr(self) -> float:
-        """The learning rate for the next optimiser step."""
-        if self.kind == "onecycle":
-            return self.onecycle_lr()
-        warmup = 1.0
-        if self.warmup_steps and self.step < self.warmup_steps:
-            warmup = 0.01 + 0.99 * self.step / self.warmup_steps
-        if self.kind == "plateau":
-            return self.peak_lr * warmup * 0.1**self.reductions
-        return self.peak_lr * warmup * self.lr_gamma ** (self.epoch // self.lr_step)
+        """The learning rate of the next optimiser step."""
+        return self.optimizer.param_groups[0]["lr"]
 
-    def onecycle_lr(self) -> float:
-        start, end = self.peak_lr / 25, self.peak_lr / 25 / 1e4
-        peak_step = min(0.5, max(self.warmup_steps, 1) / self.total_steps) * self.total_steps - 1
-        step = min(self.step, self.total_steps - 1)
-        if step <= peak_step:
-            return start + (self.peak_lr - start) * step / peak_step if peak_step > 0 else self.peak_lr
-        return self.peak_lr + (end - self.peak_lr) * (step - peak_step) / (self.total_steps - 1 - peak_step)
+    def after_step(self) -> None:
+        """Count an optimiser step, and set the rate of the next one."""
+        self.step += 1
+        if self.step <= self.per_step_until:
+            with library_warnings_off(STEP_ORDER_WARNING):
+                self.per_step.step()
 
     def end_epoch(self, val_top1: float) -> None:
-        """Count a finished epoch; on a plateau, divide the rate by 10 after `patience` epochs without
-        a relative improvement of 1e-4 (ReduceLROnPlateau's default threshold)."""
+        """Count a finished epoch: the step decay, or the plateau rule on its validation top-1."""
         self.epoch += 1
-        if self.kind != "plateau":
-            return
-        if val_top1 > self.best * (1 + 1e-4):  # -inf at first: any value improves on it
-            self.best, self.bad_epochs = val_top1, 0
-        else:
-            self.bad_epochs += 1
-        if self.bad_epochs > self.patience:
-            self.reductions, self.bad_epochs = self.reductions + 1, 0
+        if isinstance(self.per_epoch, ReduceLROnPlateau):
+            before = self.lr()
+            self.per_epoch.step(val_top1)
+            if self.lr() < before:
+                self.reduced_after.append(self.epoch)
+        elif self.per_epoch is not None:
+            with library_warnings_off(STEP_ORDER_WARNING):
+                self.per_epoch.step()
 
     def state_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key in STATE_KEYS}
+        """The counts that set the schedule up again: plain numbers and lists (checkpoints are read with
+        weights_only=True). "reductions" as well, for the versions that only counted them."""
+        plateau = self.per_epoch if isinstance(self.per_epoch, ReduceLROnPlateau) else None
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "reduced_after": list(self.reduced_after),
+            "reductions": len(self.reduced_after),
+            "best": plateau.best if plateau else -math.inf,
+            "bad_epochs": plateau.num_bad_epochs if plateau else 0,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in STATE_KEYS:
-            setattr(self, key, state[key])
+        """Go on from `state` (state_dict's; or, from the versions before the schedulers, the same without
+        "reduced_after"): the schedulers built for this run's settings and stepped again to where it stopped.
+        CheckpointError (its message without the path) for a state this run cannot go on from."""
+        self.check_state(state)
+        self.step, self.epoch = state["step"], state["epoch"]
+        counted = "reduced_after" not in state  # those versions counted the reductions, not when they came
+        self.reduced_after = [] if counted else list(state["reduced_after"])
+        self.build()
+        with library_warnings_off(STEP_ORDER_WARNING):
+            self.replay(state.get("reductions", 0) if counted else 0)
+        if isinstance(self.per_epoch, ReduceLROnPlateau):
+            counts = {"best": state["best"], "num_bad_epochs": state["bad_epochs"], "last_epoch": self.epoch}
+            self.per_epoch.load_state_dict(counts)  # (it updates the scheduler's attributes with these)
+
+    def check_state(self, state: object) -> None:
+        """CheckpointError unless `state` holds counts that this run can go on from: nothing a checkpoint holds is
+        trusted (and an epoch past this run's would make the replay long)."""
+        if not isinstance(state, dict) or not all(key in state for key in STATE_KEYS):
+            raise CheckpointError(f"its schedule state is not a table of {', '.join(STATE_KEYS)}")
+        reduced, best = state.get("reduced_after", []), state["best"]
+        wrong = {
+            "step": not is_count(state["step"]),
+            "epoch": not is_count(state["epoch"]) or state["epoch"] > self.epochs,
+            "bad_epochs": not is_count(state["bad_epochs"]),
+            "reductions": not is_count(state.get("reductions", 0)) or state.get("reductions", 0) > self.epochs,
+            "reduced_after": not isinstance(reduced, list)
+            or len(reduced) > self.epochs
+            or not all(map(is_count, reduced)),
+            "best": not isinstance(best, (int, float)) or isinstance(best, bool) or math.isnan(best),
+        }
+        key = next((key for key, bad in wrong.items() if bad), None)
+        if key is not None:
+            value = printable(repr(state.get(key)))
+            value = value if len(value) <= 40 else value[:37] + "..."
+            raise CheckpointError(
+                f"its schedule state's {key} = {value} is not one a run of {self.epochs} epoch(s) can go on from"
+            )
+
+    def replay(self, reductions: int) -> None:
+        """Step the fresh schedulers as the run did up to self.step and self.epoch (then divide the rate by 10
+        `reductions` times: those of a state that did not say when)."""
+        if isinstance(self.per_step, OneCycleLR):  # its rate is a function of the step: step to it at once
+            position = min(self.step, self.per_step_until)
+            if position:
+                self.per_step.load_state_dict({"last_epoch": position - 1})
+                self.per_step.step()
+            return
+        stepped = 0
+        for epoch in range(1, self.epoch + 1):
+            stepped = self.step_to(min(epoch * self.steps_per_epoch, self.step), stepped)
+            if isinstance(self.per_epoch, StepLR):
+                self.per_epoch.step()
+            elif epoch in self.reduced_after:
+                self.divide_by_10()
+        self.step_to(self.step, stepped)
+        for _ in range(reductions if isinstance(self.per_epoch, ReduceLROnPlateau) else 0):
+            self.divide_by_10()
+
+    def step_to(self, step: int, stepped: int) -> int:
+        """Step the per-step scheduler, which has been stepped `stepped` times, as the run did up to `step`."""
+        until = min(step, self.per_step_until)
+        for _ in range(stepped, until):
+            self.per_step.step()
+        return max(stepped, until)
+
+    def divide_by_10(self) -> None:
+        """What ReduceLROnPlateau does when its rule fires (factor 0.1, no floor)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * 0.1
 
 
-STATE_KEYS = ("step", "epoch", "reductions", "best", "bad_epochs")
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def state_from_old_checkpoint(checkpoint: dict, lr: float, warmup_steps: int) -> dict:
-    """The schedule state of a checkpoint written before Schedule existed, from the state dicts of
-    the PyTorch schedulers it held (LinearLR or OneCycleLR per step; StepLR or
-    ReduceLROnPlateau per epoch)."""
+    """The schedule state of a checkpoint written before the Schedule object existed, from the state dicts
+    of the PyTorch schedulers it held (LinearLR or OneCycleLR per step; StepLR or ReduceLROnPlateau per
+    epoch): the counts of Schedule.state_dict, without when the plateau rule fired. CheckpointError (its message
+    without the path) where they cannot be read."""
+    try:
+        return counts_of_old_schedulers(checkpoint, lr, warmup_steps)
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError, AttributeError) as error:
+        why = printable(f"{type(error).__name__}: {error}")[:80]
+        raise CheckpointError(
+            f"its schedule (PyTorch's schedulers' state, step_schedule) cannot be read ({why})"
+        ) from None
+
+
+def counts_of_old_schedulers(checkpoint: dict, lr: float, warmup_steps: int) -> dict:
     step_state, epoch_state = checkpoint["step_schedule"], checkpoint.get("epoch_schedule") or {}
     state = {
         "step": step_state["last_epoch"],
@@ -92,7 +222,7 @@ def state_from_old_checkpoint(checkpoint: dict, lr: float, warmup_steps: int) ->
         "bad_epochs": epoch_state.get("num_bad_epochs", 0),
     }
     if "best" in epoch_state:  # ReduceLROnPlateau: how many times it divided the rate, from the rate now
-        warmup = 0.01 + 0.99 * min(state["step"], warmup_steps) / warmup_steps if warmup_steps else 1.0
-        now = checkpoint["optimizer"]["param_groups"][0]["lr"]
-        state["reductions"] = round(math.log10(lr * warmup / now))
+        warmup = START + (1 - START) * min(state["step"], warmup_steps) / warmup_steps if warmup_steps else 1.0
+        group = checkpoint["optimizer"]["param_groups"][0]  # its "initial_lr": that run's --lr
+        state["reductions"] = max(0, round(math.log10(group.get("initial_lr", lr) * warmup / group["lr"])))
     return state
