@@ -45,17 +45,20 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from atomic_files import DiskFullError
 from checkpoints import latest_checkpoint, load_checkpoint
+from display_text import printable
 from engine import pick_device, predict
 from errors import BadImageError, CheckpointError, ExportError, first_sentence
 from export import EXPORT_FORMATS, PARITY_BATCH, check_writable, export_format, export_model, load_exported
 from image_files import IMAGE_EXTENSIONS, expand_inputs, load_image
-from presets import TTA_MODES
+from presets import TTA_MODES, TTA_VIEWS, tta_transform
 from pretrained import load_imagenet_weights
 from result_files import ResultRow, result_format, write_results
 
@@ -65,9 +68,11 @@ __all__ = ["load_checkpoint", "load_imagenet_weights", "predict"]  # for noteboo
 
 
 def read_labels(parser: argparse.ArgumentParser, name: str, num_classes: int) -> list[str]:
-    """The class names of a --labels file, one a line, or parser.error saying what is wrong with it."""
+    """The class names of a --labels file, one a line, or parser.error saying what is wrong with it. A byte-order
+    mark (Windows' Notepad writes one) is not part of the first name."""
     try:
-        labels = [line.strip() for line in Path(name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = Path(name).read_text(encoding="utf-8-sig")
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
     except FileNotFoundError:
         parser.error(f"--labels {name}: no such file")
     except (OSError, UnicodeDecodeError) as error:
@@ -152,17 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.labels:  # the user's names replace the checkpoint's, ids and all
         meta["classes"], meta["ids"] = read_labels(parser, args.labels, len(meta["classes"])), None
 
-    # Decode every file first: a bad file is reported and skipped, the others still classified.
-    decoded, good, indices, problems, count = decode_inputs(args.images, meta["preprocess"].in_channels)
-    if args.export:
-        export_network(Path(args.export), model, meta, decoded)
+    # A bad file is reported and skipped, the others still classified: a batch at a time, decoded, classified,
+    # printed and drawn, then let go (500 photos of 12 MP held at once would take 18 GB).
+    inputs = list_inputs(args.images)
+    if args.export:  # the images (a few, as a rule) are inputs of the export's check, all at once
+        decoded = list(decode_inputs(inputs, meta["preprocess"].in_channels, lambda image: image))
+        good = [path for path, _, _, reason in decoded if reason is None]
+        problems = [(position, str(name), reason) for position, (name, _, _, reason) in enumerate(decoded) if reason]
+        export_network(Path(args.export), model, meta, [image for _, _, image, reason in decoded if reason is None])
         unwritten = 0
     else:
-        results = (
-            predict(model, meta, decoded, topk=args.topk, batch_size=args.batch_size, tta=args.tta) if decoded else []
-        )
-        print_results(good, results, args.json, class_ids(meta))
-        unwritten = draw_plots(Path(args.plot), good, indices, decoded, results, several=count > 1) if args.plot else 0
+        good, results, problems, unwritten = classify_in_batches(args, model, meta, inputs)
         unwritten += write_output(Path(args.output), good, results, problems) if args.output else 0
     if problems:
         print(f"{len(problems)} of {len(problems) + len(good)} inputs could not be classified", file=sys.stderr)
@@ -243,30 +248,86 @@ def export_network(path: Path, model: torch.nn.Module, meta: dict, images: list)
     )
 
 
-def decode_inputs(names: list[str], channels: int) -> tuple[list, list[Path], list[int], list, int]:
-    """Every image file of the inputs decoded -> (images, their paths, their indices among all image
-    files, the inputs that failed as (position among all inputs, name, reason), how many image files
-    there were); failures reported on stderr."""
-    decoded, good, indices, problems, count = [], [], [], [], 0
-    for name in names:
-        url = URL.match(name)
-        files = [] if url else expand_inputs([name])
+def list_inputs(names: list[str]) -> list[tuple[str, list[Path]]]:
+    """Each input with its image files: itself, a directory's (sorted), none for a URL or a directory without
+    any. Listed before any is decoded: --plot numbers the pictures by the count of them all."""
+    return [(name, [] if URL.match(name) else expand_inputs([name])) for name in names]
+
+
+def decode_inputs(inputs: list[tuple[str, list[Path]]], channels: int, keep: Callable) -> Iterator[tuple]:
+    """Each image file of `inputs` in order, decoded -> (its path, its index among all the image files,
+    keep(image): what to hold of it, None), or (the input, its index or -1, None, why) for an input that
+    failed, reported on stderr as it is met. The decoded image itself is let go at once."""
+    index = 0
+    for name, files in inputs:
         if not files:  # a URL, or a directory without a single image file
             reason = f"no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) in this directory"
-            if url:
+            if URL.match(name):
                 reason = "a URL: this reads files on disk; download it first (e.g. curl -O URL)"
-            print(f"error: {name}: {reason}", file=sys.stderr)
-            problems.append((len(good) + len(problems), name, reason))
+            print(f"error: {printable(name)}: {reason}", file=sys.stderr)
+            yield name, -1, None, reason
         for path in files:
-            count += 1
+            index += 1  # --plot numbers every image file, so that a bad one does not shift the others
             try:
-                decoded.append(load_image(path, channels))
-                good.append(path)
-                indices.append(count - 1)  # --plot numbers every image file, so a bad one does not shift the others
+                kept = keep(load_image(path, channels))
             except BadImageError as error:
-                print(f"error: {error}", file=sys.stderr)
-                problems.append((len(good) + len(problems), str(path), str(error).removeprefix(f"{path}: ")))
-    return decoded, good, indices, problems, count
+                print(f"error: {printable(str(error))}", file=sys.stderr)
+                yield path, index - 1, None, str(error).removeprefix(f"{path}: ")
+                continue
+            yield path, index - 1, kept, None
+
+
+def classify_in_batches(args: argparse.Namespace, model: torch.nn.Module, meta: dict, inputs: list) -> tuple:
+    """Decode, classify, print and draw (--plot) the inputs a batch at a time (predict's own batches: the same
+    results as all at once) -> (the paths classified, their top-k, the inputs that failed as (position among all
+    inputs, name, reason), how many pictures could not be written). Held at once: a batch's model inputs, and
+    for --plot its images at the size drawn (picture_copy), never every decoded image."""
+    preprocess, several = meta["preprocess"], sum(len(files) for _, files in inputs) > 1
+    per_batch = max(1, args.batch_size // TTA_VIEWS[args.tta])
+
+    def keep(image: torch.Tensor) -> tuple:
+        return tta_transform(image, preprocess, args.tta), picture_copy(image) if args.plot else None
+
+    good, results, problems, unwritten, batch = [], [], [], 0, []
+    for position, (path, index, kept, reason) in enumerate(decode_inputs(inputs, preprocess.in_channels, keep)):
+        if reason is not None:
+            problems.append((position, str(path), reason))
+        else:
+            batch.append((path, index, *kept))
+        if len(batch) == per_batch:
+            unwritten += report_batch(args, model, meta, batch, several, good, results)
+            batch = []
+    if batch:
+        unwritten += report_batch(args, model, meta, batch, several, good, results)
+    return good, results, problems, unwritten
+
+
+def report_batch(args: argparse.Namespace, model: torch.nn.Module, meta: dict, batch: list, several: bool,
+                 good: list, results: list) -> int:  # fmt: skip
+    """Classify a batch of (path, index, model input, picture), print its results and draw its pictures; the
+    paths and results are added to `good` and `results` -> how many pictures could not be written."""
+    paths = [path for path, _, _, _ in batch]
+    top = predict(model, meta, [x for _, _, x, _ in batch], topk=args.topk, batch_size=args.batch_size, tta=args.tta)
+    print_results(paths, top, args.json, class_ids(meta))
+    good += paths
+    results += top
+    if not args.plot:
+        return 0
+    indices, pictures = [index for _, index, _, _ in batch], [picture for _, _, _, picture in batch]
+    return draw_plots(Path(args.plot), paths, indices, pictures, top, several)
+
+
+PICTURE_SIDE = 1024  # plot_topk draws 1000 x 400 pixels, the image in under 400 of them: 2.5 times that
+
+
+def picture_copy(image: torch.Tensor) -> torch.Tensor:
+    """What --plot draws of an image: the image, or a copy at most PICTURE_SIDE pixels on its longer side
+    (a 12 MP photo: 3 MB rather than 36, and the same picture)."""
+    height, width = image.shape[-2:]
+    scale = PICTURE_SIDE / max(height, width)
+    if scale >= 1:
+        return image
+    return TF.resize(image, [max(1, round(height * scale)), max(1, round(width * scale))], antialias=True)
 
 
 def write_output(out: Path, paths: list[Path], results: list, problems: list) -> int:
@@ -296,17 +357,19 @@ def class_ids(meta: dict) -> dict[str, str]:
 
 
 def print_results(paths: list[Path], results: list, as_json: bool, ids: dict[str, str] | None = None) -> None:
-    """Each image's top-k: the class name people read, with its id (ImageNet's WordNet id) where there is one."""
+    """Each image's top-k: the class name people read, with its id (ImageNet's WordNet id) where there is one.
+    Names come from folders and files we did not write: the text shows them printable (a terminal escape or a
+    newline as its escape, not run nor starting a forged line); JSON escapes them itself (json.dumps: ASCII)."""
     ids = ids or {}
     for path, top in zip(paths, results):
         if as_json:
             predictions = [{"class": c, **({"id": ids[c]} if c in ids else {}), "probability": p} for c, p in top]
             print(json.dumps({"image": str(path), "predictions": predictions}))
         else:
-            print(f"{path}:")
+            print(f"{printable(str(path))}:")
             for name, probability in top:
                 shown = name in ids and ids[name] not in name  # not twice: "crane (n03126707)" says it already
-                print(f"  {100 * probability:6.2f}%  {name}{f' ({ids[name]})' if shown else ''}")
+                print(f"  {100 * probability:6.2f}%  {printable(name)}{f' ({printable(ids[name])})' if shown else ''}")
 
 
 def draw_plots(out: Path, paths: list[Path], indices: list[int], images: list, results: list, several: bool) -> int:
@@ -320,6 +383,10 @@ def draw_plots(out: Path, paths: list[Path], indices: list[int], images: list, r
             plot_topk(image, top, target, title=path.name)
         except OSError as error:  # e.g. a directory of that name, a folder we cannot write to, a full disk
             print(write_failure("--plot", target, error, "the picture"), file=sys.stderr)
+            unwritten += 1
+        except Exception as error:  # matplotlib refusing what it was given: one line, not a traceback
+            reason = f"{type(error).__name__}: {printable(first_sentence(str(error)))}"
+            print(f"error: --plot {printable(str(target))}: cannot draw the picture ({reason})", file=sys.stderr)
             unwritten += 1
     return unwritten
 

@@ -29,11 +29,13 @@ checkpoints.py, run_log.py for what a run writes).
 """
 
 import argparse
+import atexit
 import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -58,7 +60,8 @@ from checkpoints import (
     save_checkpoint,
     set_rng_states,
 )
-from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, load_data, stored_bytes
+from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, Data, DataConfig, load_data, stored_bytes, usable_cpus
+from display_text import printable
 from engine import (
     accuracy_counts,
     autocast,
@@ -72,10 +75,10 @@ from engine import (
     train_step,
     training_memory,
 )
-from errors import CheckpointError, DataError
+from errors import CheckpointError, DataError, first_sentence
 from neighbours import nearest_training_images
 from packs import PACK_FORMATS
-from plots import plot_confusion, plot_filters, plot_neighbours, plot_predictions
+from plots import plot_confusion, plot_curves, plot_filters, plot_neighbours, plot_predictions
 from presets import (
     AUGMENTATIONS,
     IMAGENET_MEAN,
@@ -99,6 +102,7 @@ from run_log import (
 )
 from schedule import SCHEDULES, Schedule, state_from_old_checkpoint
 from speedups import fast_forward
+from worker_deaths import WorkerDiedError
 
 # The paper's recipe (section 5): SGD with momentum 0.9, weight decay 5e-4, batch 128, lr 0.01
 # divided by 10 when the validation error stops improving, ~90 epochs; random 224 crops of the
@@ -257,6 +261,13 @@ def add_loading_flags(group: argparse._ArgumentGroup, defaults: DataConfig) -> N
         type=int,
         default=defaults.max_bad_files,
         help="unreadable image files to skip (with a warning) before refusing the folder",
+    )
+    group.add_argument(
+        "--verify-pack",
+        action="store_true",
+        help="before using a packed copy or the decode cache, read every image file again and compare its contents "
+        "with those packed (SHA-256): finds images changed without a change of name, size or modification time, "
+        "which is all that is compared otherwise; costs a read of every file",
     )
 
 
@@ -420,12 +431,74 @@ def get_settings(argv: list[str] | None = None) -> tuple[argparse.Namespace, dic
     args = check_args(parser, resolve_settings(defaults, given))
     resume = read_resume(args.resume) if args.resume else None
     evaluated = read_checkpoint_or_exit(args.evaluate, "best.pt", "--evaluate") if args.evaluate else None
+    if resume is not None:  # what a checkpoint brings is checked as the command line is: nothing read is trusted
+        check_saved_settings(parser, resume["args"], given, resume_file(args.resume))
     settings = resolve_settings(
         defaults, given, resume["args"] if resume else None, evaluated["preprocess"] if evaluated else None
     )
+    refuse_bad_brought_values(settings, given, args)
     if resume is not None:
         refuse_a_finished_run(resume, settings["epochs"], resume_file(args.resume))
     return argparse.Namespace(**{**settings, "device": args.device}), resume, evaluated
+
+
+def shown_value(value: object) -> str:
+    """A value read from a checkpoint, for a message: its repr, escaped and cut short."""
+    text = printable(repr(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_saved_settings(parser: argparse.ArgumentParser, saved: object, given: dict, path: Path) -> None:
+    """One error line naming the checkpoint and the setting for a saved setting ("args") of a type or value its flag
+    would not parse to (one given on the command line replaces it, and is not looked at); a note line for those
+    this version does not know, which are ignored (older runs may hold settings that no longer exist)."""
+    if not isinstance(saved, dict):
+        raise SystemExit(f'error: {path}: saved settings ("args") are a {type(saved).__name__}, not a table of '
+                         "settings; start a new run")  # fmt: skip
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    unknown = [printable(str(key)) for key in saved if key not in actions]
+    if unknown:
+        print(f"note: {path}: saved setting(s) that this version of train.py does not know, ignored: "
+              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")  # fmt: skip
+    for key, value in saved.items():
+        if key not in actions or key in NOT_RESUMED or key in given:
+            continue
+        action = actions[key]
+        kinds = (bool,) if action.nargs == 0 else {int: (int,), float: (int, float)}.get(action.type, (str,))
+        fits = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        fits = fits or value is None and action.default is None
+        why = "" if fits else f"is a {type(value).__name__}, not a {' or '.join(kind.__name__ for kind in kinds)}"
+        if fits and action.choices is not None and value is not None and value not in action.choices:
+            why = f"is not one of {', '.join(map(str, action.choices))}"
+        if why:
+            flag = action.option_strings[0]
+            raise SystemExit(f"error: {path}: saved setting {printable(str(key))} = {shown_value(value)} {why}; "
+                             f"give {flag} to replace it, or start a new run")  # fmt: skip
+
+
+def refuse_bad_brought_values(settings: dict, given: dict, args: argparse.Namespace) -> None:
+    """bad_value on the settings with what --resume and --evaluate brought: one error line naming the checkpoint
+    and the setting where a value the command line would refuse came from one."""
+    evaluated = Path(args.evaluate) / "best.pt" if args.evaluate and Path(args.evaluate).is_dir() else args.evaluate
+    if evaluated:
+        for key in ("image_size", "in_channels"):
+            value = settings[key]
+            if not isinstance(value, int) or isinstance(value, bool) or key == "in_channels" and value not in (1, 3):
+                raise SystemExit(f"error: {evaluated}: saved preprocess {key} = {shown_value(value)} is not a usable "
+                                 "input size or channel count; evaluate another checkpoint")  # fmt: skip
+    problem = bad_value(argparse.Namespace(**settings))
+    if problem is None:
+        return
+    flag = problem.split()[0].split("=")[0] if problem.startswith("--") else ""
+    key = flag[2:].replace("-", "_")
+    value = shown_value(settings.get(key))
+    if evaluated and key in ("image_size", "in_channels"):
+        raise SystemExit(f"error: {evaluated}: saved preprocess {key} = {value} is refused: {problem}; "
+                         "evaluate another checkpoint")  # fmt: skip
+    if args.resume and key in settings and key not in given:
+        raise SystemExit(f"error: {resume_file(args.resume)}: saved setting {key} = {value} is refused: {problem}; "
+                         f"give {flag} to replace it, or start a new run")  # fmt: skip
+    raise SystemExit(f"error: {problem} (with the settings of {args.resume or args.evaluate})")
 
 
 def check_args(parser: argparse.ArgumentParser, settings: dict) -> argparse.Namespace:
@@ -705,9 +778,21 @@ def refuse_a_finished_run(resume: dict, epochs: int, path: Path) -> None:
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
-    """The data settings, taken from the flags of the same names."""
+    """The data settings, taken from the flags of the same names (--workers first cut to the CPUs there are)."""
+    fit_workers(args)
     normalization = (IMAGENET_MEAN, IMAGENET_STD) if args.pretrained else None  # what the weights expect
     return DataConfig.from_settings(vars(args), normalization=normalization)
+
+
+def fit_workers(args: argparse.Namespace) -> None:
+    """--workers no higher than the CPUs this process may use, with one note: 200 decoding processes on 2 cores
+    take gigabytes of memory and load a hundred times slower than 2 (and draw a warning from DataLoader)."""
+    cpus = usable_cpus()
+    if args.workers > cpus:
+        if int(os.environ.get("RANK", "0")) == 0:  # (once under torchrun)
+            print(f"note: --workers {args.workers} is more than the {cpus} CPU{'s' if cpus > 1 else ''} here; "
+                  f"using {cpus}")  # fmt: skip
+        args.workers = cpus
 
 
 def check_before_loading(args: argparse.Namespace, config: DataConfig, setup: Setup, new_run: bool) -> None:
@@ -885,7 +970,7 @@ def make_training(
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.amp_dtype == torch.float16)
     steps_per_epoch = min(batches, args.max_steps or math.inf)
-    schedule = make_schedule(args, steps_per_epoch)
+    schedule = make_schedule(args, optimizer, steps_per_epoch)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     # PAPER: no weight averaging there. A copy of the model that follows its weights slowly (the
     # first update copies them); a cheap way to the accuracy of a lower learning rate.
@@ -901,13 +986,12 @@ def make_optimizer(args: argparse.Namespace, model: AlexNet, device: torch.devic
     return torch.optim.SGD(model.parameters(), lr=args.lr, fused=fused, **options)
 
 
-def make_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
-    """The learning rate of every step (see schedule.py).
+def make_schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Schedule:
+    """The learning rate of every step, set in `optimizer` by PyTorch's schedulers (see schedule.py).
     PAPER: no warm-up there. A few hundred small steps let the randomly initialised network settle
     before the full learning rate; without it plain SGD on AlexNet often diverges or stalls."""
-    total_steps = args.epochs * steps_per_epoch
     options = {"lr_step": args.lr_step, "lr_gamma": args.lr_gamma, "patience": args.lr_patience}
-    return Schedule(args.schedule, args.lr, total_steps, args.warmup_steps, **options)
+    return Schedule(optimizer, args.schedule, args.lr, args.epochs, steps_per_epoch, args.warmup_steps, **options)
 
 
 def restore(run: Run, training: Training, record: Record, resume: dict) -> tuple[int, dict | None]:
@@ -927,9 +1011,13 @@ def restore(run: Run, training: Training, record: Record, resume: dict) -> tuple
         )
     training.model.load_state_dict(resume["model"])
     training.optimizer.load_state_dict(resume["optimizer"])
-    # Checkpoints written before the Schedule object held PyTorch's schedulers instead.
-    state = resume.get("schedule") or state_from_old_checkpoint(resume, args.lr, args.warmup_steps)
-    training.schedule.load_state_dict(state)
+    # After the optimiser, whose rate it sets. Checkpoints written before the Schedule object held the
+    # state dicts of PyTorch's schedulers instead.
+    try:
+        state = resume.get("schedule") or state_from_old_checkpoint(resume, args.lr, args.warmup_steps)
+        training.schedule.load_state_dict(state)
+    except CheckpointError as error:
+        raise SystemExit(f"error: --resume {resume_path}: {error}; start a new run") from None
     training.scaler.load_state_dict(resume["scaler"])
     record.best_top1, record.best_weights = resume["best_top1"], resume.get("best_weights", "model")
     if training.ema is not None and resume.get("ema") is not None:
@@ -971,12 +1059,16 @@ def new_run_dir(args: argparse.Namespace, setup: Setup, data: Data) -> Path:
 
 
 def make_run_dir(run_dir: Path, named: bool) -> Path:
-    """Create run_dir (mkdir, which two processes cannot both win), or run_dir-2, -3, ... when not `named`."""
+    """Create run_dir (mkdir, which two processes cannot both win), or run_dir-2, -3, ... when not `named`.
+    As a script, the folder is removed again at exit if the run stopped before its first checkpoint
+    (remove_unsaved_run): a failed start does not leave a folder that refuses the same --name next time."""
     for attempt in range(1, 100):
         candidate = run_dir if attempt == 1 else run_dir.with_name(f"{run_dir.name}-{attempt}")
         try:
             candidate.parent.mkdir(parents=True, exist_ok=True)
             candidate.mkdir()
+            if __name__ == "__main__":  # not in a notebook or a test, whose process goes on after the run
+                atexit.register(remove_unsaved_run, candidate, candidate.stat(), os.getpid(), named)
             return candidate
         except FileExistsError:
             if named:
@@ -984,6 +1076,27 @@ def make_run_dir(run_dir: Path, named: bool) -> Path:
                     f"error: run directory {run_dir} already exists; choose another --name or --resume {run_dir}"
                 ) from None
     raise SystemExit(f"error: {run_dir}-2 to -99 exist already; give a --name")
+
+
+def remove_unsaved_run(run_dir: Path, made: os.stat_result, pid: int, named: bool = True) -> None:
+    """At the exit of process `pid`, which made run_dir (`made`: its stat then): remove the folder where it holds
+    nothing of value: no checkpoint (*.pt: the run stopped before its first), and nothing older than the folder
+    (nothing that this run did not write). Else, or where it is another folder by now, leave it. One note line."""
+    if os.getpid() != pid:  # a forked process (a DataLoader worker) ending, not the run
+        return
+    try:
+        now = run_dir.stat()
+        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+            return
+        entries = list(run_dir.rglob("*"))
+        if any(path.suffix == ".pt" or path.lstat().st_mtime_ns < made.st_mtime_ns for path in entries):
+            return
+        shutil.rmtree(run_dir)
+    except OSError:  # gone already, or not ours to remove: left as it is
+        return
+    free = f": --name {printable(run_dir.name)} can be used again" if named else ""
+    print(f"note: removed {printable(str(run_dir))}/, which held no checkpoint (the run stopped before its first)"
+          f"{free}", file=sys.stderr)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1041,7 +1154,8 @@ def train_one_epoch(
     run: Run, training: Training, epoch: int, partial: dict | None, started: float
 ) -> tuple[dict, dict | None]:
     """One pass over the training data, or what an interrupted one left -> (the epoch's training
-    figures, None); or, when Ctrl-C or SIGTERM came, ({}, where the epoch stopped) to be saved."""
+    figures, None); or, when Ctrl-C or SIGTERM came or a data-loading worker died, ({}, where the epoch
+    stopped) to be saved."""
     args, setup, data = run.args, run.setup, run.data
     training.model.train()
     totals = EpochTotals(torch.tensor([0.0, 0.0, 0.0, -1.0], device=setup.device, dtype=torch.float64))
@@ -1057,16 +1171,17 @@ def train_one_epoch(
     interactive = sys.stdout.isatty() and setup.rank == 0
     show_every = 10 if interactive else args.log_interval  # reading the loss syncs with the device
     bar = progress_bar(training.steps_per_epoch, first_batch, interactive)
-    batches = timed(data.train.batches(seed=args.seed * 1000 + epoch, start=first_batch), totals)
+    died = []  # the line of a data-loading worker that died: the batches then end, between two steps
+    batches = timed(until_a_worker_dies(data.train.batches(seed=args.seed * 1000 + epoch, start=first_batch), died),
+                    totals)  # fmt: skip
+    i = first_batch  # the last step done
     with data_errors(args):  # a streamed folder finds its unreadable files as it reads them
         for i, (images, labels) in enumerate(batches, start=first_batch + 1):
-            for group in training.optimizer.param_groups:
-                group["lr"] = training.schedule.lr()
             x = train_transform(images, data.augment, training.augment_rng, setup.memory_format, setup.rank,
                                 setup.world_size)  # fmt: skip
             logits, loss = train_step(training.forward, training.criterion, training.optimizer, training.scaler, x,
                                       labels, setup.amp_dtype)  # fmt: skip
-            training.schedule.step += 1
+            training.schedule.after_step()  # the rate of the next step, set in the optimiser
             if training.ema is not None and training.schedule.step % args.ema_every == 0:
                 training.ema.update_parameters(training.model)
             totals.add(i, logits.detach(), loss.detach(), labels)
@@ -1076,17 +1191,33 @@ def train_one_epoch(
             last = i >= training.steps_per_epoch
             if (shown or setup.world_size == 1) and not last and run.stop.requested(setup.world_size, setup.device):
                 bar.close()
-                return {}, {"batch": i, "totals": totals.sums.tolist(), "seen": totals.seen, "lr": lr,
-                            "augment_rng": training.augment_rng.get_state(), "data_seconds": totals.data_seconds,
-                            "seconds": time.perf_counter() - started}  # fmt: skip
+                return {}, where_it_stopped(training, totals, i, lr, started)
             if last:
                 break
     bar.close()
+    if died:  # the steps before it are whole: saved as for Ctrl-C (stop_mid_epoch)
+        return {}, {**where_it_stopped(training, totals, i, lr, started), "worker_died": died[0]}
     loss_sum, top1, top5 = totals.sums[:3].tolist()
     seconds = time.perf_counter() - started
     return {"loss": loss_sum / totals.seen, "top1": top1 / totals.seen, "top5": top5 / totals.seen, "lr": lr,
             "images_per_second": totals.seen * setup.world_size / seconds, "data_seconds": totals.data_seconds,
             "compute_seconds": seconds - totals.data_seconds}, None  # fmt: skip
+
+
+def where_it_stopped(training: Training, totals: EpochTotals, step: int, lr: float, started: float) -> dict:
+    """What a checkpoint keeps of an epoch stopped after `step` steps, to resume at the next ("partial")."""
+    return {"batch": step, "totals": totals.sums.tolist(), "seen": totals.seen, "lr": lr,
+            "augment_rng": training.augment_rng.get_state(), "data_seconds": totals.data_seconds,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def until_a_worker_dies(batches, died: list[str]):
+    """The batches, ending early where a data-loading worker died (worker_deaths.py raises that between two
+    batches, never mid-step), with its line put in `died`."""
+    try:
+        yield from batches
+    except WorkerDiedError as error:
+        died.append(str(error))
 
 
 def timed(batches, totals: EpochTotals):
@@ -1158,9 +1289,17 @@ def diverged(run: Run, epoch: int, step: int, loss: float, which: str = "trainin
 
 
 def stop_mid_epoch(run: Run, training: Training, record: Record, epoch: int, partial: dict) -> None:
-    """Save a checkpoint that resumes at the next step of this epoch, and stop (exit 130 or 143)."""
+    """Save a checkpoint that resumes at the next step of this epoch, and stop (exit 130 or 143; where a
+    data-loading worker died, exit 1 with one line)."""
+    died, last = partial.pop("worker_died", None), run.run_dir / "last.pt"
+    if died and run.setup.world_size > 1:  # the other processes wait in an all-reduce: nothing can be saved now
+        held = f"{last} holds the run up to epoch {epoch - 1}; go on with --resume {run.run_dir}"
+        raise SystemExit(f"error: {died} in process {run.setup.rank}; {held if last.is_file() else 'nothing saved'}")
     if run.setup.rank == 0:
-        save_checkpoint(checkpoint_state(run, training, record, epoch - 1, partial), run.run_dir / "last.pt")
+        save_checkpoint(checkpoint_state(run, training, record, epoch - 1, partial), last)
+    if died:
+        raise SystemExit(f"error: {died}; {last} holds the run up to epoch {epoch}, step {partial['batch']}; "
+                         f"go on with --resume {run.run_dir}")  # fmt: skip
     run.log(
         f"{run.stop.name()}: stopped at epoch {epoch}, step {partial['batch']}/{training.steps_per_epoch}; "
         f"saved {run.run_dir / 'last.pt'}. Resume with: python train.py --resume {run.run_dir}"
@@ -1172,8 +1311,9 @@ def finish_epoch(
     run: Run, training: Training, record: Record, epoch: int, train: dict, val: dict, ema_val: dict | None,
     started: float,
 ) -> None:  # fmt: skip
-    """The end of an epoch: the schedule, the metrics row and its line, the pictures at the end, the checkpoints.
-    `ema_val`: the validation of the weights' moving average (--ema), or None."""
+    """The end of an epoch: the schedule, the metrics row and its line, the checkpoints, then the pictures (the
+    curves each epoch, the others at the end: a picture that fails costs no checkpoint). `ema_val`: the
+    validation of the weights' moving average (--ema), or None."""
     args = run.args
     if not math.isfinite(val["loss"]):  # the weights have blown up: keep the checkpoints of the last good epoch
         diverged(run, epoch, training.steps_per_epoch, val["loss"], "validation")
@@ -1216,9 +1356,7 @@ def finish_epoch(
         record.best_top1, record.best_weights = top1, best_weights
     if run.setup.rank != 0:  # rank 0 writes everything
         return
-    log_epoch(run.run_dir, record.metrics, row, record.writer, curves=args.plots)
-    if args.plots and (epoch == args.epochs or run.stop.signal):  # the other pictures once, at the end
-        save_pictures(run, training.model, val)
+    log_epoch(run.run_dir, record.metrics, row, record.writer, curves=False)  # (curves.png after the checkpoints)
     state = checkpoint_state(run, training, record, epoch)
     save_checkpoint(state, run.run_dir / "last.pt")
     if improved:  # what inference needs, without the optimiser's momentum: half the size
@@ -1226,6 +1364,11 @@ def finish_epoch(
         if best_weights == "ema":
             best["model"] = training.ema.module.state_dict()
         save_checkpoint({**best, "weights": best_weights}, run.run_dir / "best.pt")
+    if args.plots:
+        with drawing(run, "curves.png"):
+            plot_curves(record.metrics, run.run_dir / "curves.png")
+    if args.plots and (epoch == args.epochs or run.stop.signal):  # the other pictures once, at the end
+        save_pictures(run, training.model, val)
 
 
 def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, partial: dict | None = None) -> dict:
@@ -1263,29 +1406,46 @@ def saved_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+@contextlib.contextmanager
+def drawing(run: Run, name: str):
+    """A picture that cannot be drawn (a name or value matplotlib rejects, a bug of a library) is one warning
+    line, and the run goes on: the checkpoints are saved before any picture. A full disk still stops the run
+    (disk_errors), as it would at the next checkpoint."""
+    try:
+        yield
+    except Exception as error:
+        if out_of_space(error):
+            raise
+        reason = f"{type(error).__name__}: {printable(first_sentence(str(error)))}".rstrip(": ")
+        run.log(f"warning: could not draw {printable(str(run.run_dir / name))} ({reason}); the run goes on")
+
+
 def save_pictures(run: Run, model: AlexNet, val: dict) -> None:
     """The learned filters, sample predictions, the confusion matrix and the nearest neighbours
-    (curves.png is drawn every epoch)."""
+    (curves.png is drawn every epoch); each that fails is one warning (drawing)."""
     data, run_dir, setup = run.data, run.run_dir, run.setup
-    plot_filters(
-        model.features[0].weight.detach().float().cpu(), run_dir / "filters.png", groups=model.config["groups"]
-    )
+    with drawing(run, "filters.png"):
+        weight = model.features[0].weight.detach().float().cpu()
+        plot_filters(weight, run_dir / "filters.png", groups=model.config["groups"])
     names = data.class_names or data.classes  # "Samoyed" rather than "n02111889"
     if len(data.classes) <= 20:
-        plot_confusion(val["confusion"], names, run_dir / "confusion.png")
+        with drawing(run, "confusion.png"):
+            plot_confusion(val["confusion"], names, run_dir / "confusion.png")
     if data.val.random_access:
-        images, labels = data.val.take(sample_indices(8, len(data.val)))
-        model.eval()
-        with torch.no_grad(), autocast(setup.device, setup.amp_dtype):
-            x = eval_transform(images, data.preprocess).contiguous(memory_format=setup.memory_format)
-            probabilities = fast_forward(model)(x).float().softmax(1)
-        model.train()
-        confidence, predictions = probabilities.max(1)
-        plot_predictions(
-            images.cpu(), labels.cpu(), predictions.cpu(), names, run_dir / "predictions.png", confidence.cpu()
-        )
+        with drawing(run, "predictions.png"):
+            images, labels = data.val.take(sample_indices(8, len(data.val)))
+            model.eval()
+            with torch.no_grad(), autocast(setup.device, setup.amp_dtype):
+                x = eval_transform(images, data.preprocess).contiguous(memory_format=setup.memory_format)
+                probabilities = fast_forward(model)(x).float().softmax(1)
+            model.train()
+            confidence, predictions = probabilities.max(1)
+            plot_predictions(
+                images.cpu(), labels.cpu(), predictions.cpu(), names, run_dir / "predictions.png", confidence.cpu()
+            )
     if data.val.random_access and data.train.random_access:
-        save_neighbours(run, model, names)
+        with drawing(run, "neighbours.png"):
+            save_neighbours(run, model, names)
 
 
 # PAPER: Figure 4 searched all 1.2 million training images; a seeded sample bounds the time here:
