@@ -30,6 +30,9 @@ device syncs, --repeats times (the median counts). Throughput = images / seconds
 TFLOP/s are read against a large matrix product in the same precision, timed in the same process.
 Peak memory is the GPU's peak allocation on CUDA and the process's peak resident memory (without
 DataLoader workers) on CPU.
+
+The flags shared with train.py are train.py's (train_settings.py), with the benchmark's defaults; --augment,
+--amp, --compile, --channels-last, --loader and --pack-format set our pipeline only.
 """
 
 import argparse
@@ -47,104 +50,76 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, MODELS, AlexNet
-from data_pipeline import DATASETS, LOADERS, Data, DataConfig, load_data, packs_dir
+from data_pipeline import Data, DataConfig, load_data, packs_dir
 from engine import configure_device, pick_device, pick_precision, sync, train_step
 from errors import DataError
-from packs import PACK_FORMATS
-from presets import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, train_transform
+from presets import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from speedups import fast_forward
+from train_settings import (
+    HelpFormatter,
+    SomeFlags,
+    TrainSettings,
+    add_data_flags,
+    add_device_flags,
+    add_loading_flags,
+    add_model_flags,
+    add_optimisation_flags,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # data
-    parser.add_argument(
-        "--dataset", default="shapes", choices=DATASETS, help="built-in or torchvision dataset (default: shapes)"
+    """train.py's flags that the benchmark uses (train_settings.py: the same names, types and words), with the
+    benchmark's defaults where they differ; then the measurement's own flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    defaults = TrainSettings()
+    data = {"--dataset", "--data", "--data-root", "--image-size", "--train-size", "--augment"}
+    add_data_flags(SomeFlags(parser.add_argument_group("data"), data), defaults)
+    add_model_flags(SomeFlags(parser.add_argument_group("model (both)"), {"--model"}), defaults)
+    add_optimisation_flags(
+        SomeFlags(parser.add_argument_group("optimisation (both)"), {"--batch-size", "--lr"}), defaults
     )
-    parser.add_argument("--data", default=None, help="image folder DIR/train/<class>/* (overrides --dataset)")
-    parser.add_argument(
-        "--data-root", default="data", help="torchvision datasets and decoded-image caches (default: data)"
+    group = parser.add_argument_group("device and precision (ours: the baseline computes in fp32, NCHW)")
+    add_device_flags(SomeFlags(group, {"--device", "--amp", "--compile"}), defaults)
+    group.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="ours: channels_last layout"
     )
-    parser.add_argument("--image-size", type=int, default=224, help="model input size (default: 224)")
-    parser.add_argument(
-        "--loader", default="auto", choices=LOADERS, help="ours: in memory, streamed or packed (default: auto)"
-    )
-    parser.add_argument("--pack-dir", default=None, help="where packed copies live (default: DATA_ROOT/packs)")
-    parser.add_argument(
-        "--pack-format", default="raw", choices=PACK_FORMATS, help="ours, packed: raw uint8 or JPEG (default: raw)"
-    )
-    parser.add_argument(
-        "--augment",
-        default="resized-crop",
-        choices=AUGMENTATIONS,
-        help="ours (default: resized-crop, like the baseline)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: CPU cores)"
-    )
-    parser.add_argument(
-        "--train-size", type=int, default=4096, help="built-in dataset: number of images (default: 4096)"
-    )
-    # optimisation (the same for both)
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
-    # device and precision
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    parser.add_argument(
-        "--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="ours: mixed precision (default: auto)"
-    )
-    parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ours: channels_last layout (default: on)",
-    )
-    parser.add_argument("--compile", action="store_true", help="ours: torch.compile the model")
-    parser.add_argument(
-        "--model",
-        default="default",
-        choices=list(MODELS),
-        help="both: the network (paper: LRN and two towers, at --image-size 227 as the paper's arithmetic wants)",
-    )
-    add_measurement_flags(parser)
+    loading = {"--loader", "--pack-dir", "--pack-format", "--workers"}  # (--workers: the baseline's DataLoader's too)
+    add_loading_flags(SomeFlags(parser.add_argument_group("loading image folders"), loading), defaults)
+    # The conventional recipe's input and augmentation, a worker per core, a dataset large enough to time.
+    parser.set_defaults(image_size=224, augment="resized-crop", workers=os.cpu_count() or 1, train_size=4096)
+    add_measurement_flags(parser.add_argument_group("measurement"))
     return parser
 
 
-def add_measurement_flags(parser: argparse.ArgumentParser) -> None:
+def add_measurement_flags(group: argparse._ArgumentGroup) -> None:
     """What is timed, how often and how long it may take."""
-    parser.add_argument(
+    group.add_argument(
         "--loader-only", action="store_true", help="the data loaders alone, without the model (needs --data)"
     )
-    parser.add_argument(
-        "--loader-images", type=int, default=2000, help="--loader-only: images each loader delivers (default: 2000)"
+    group.add_argument("--loader-images", type=int, default=2000, help="--loader-only: images each loader delivers")
+    group.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    group.add_argument("--steps", type=int, default=20, help="timed steps")
+    group.add_argument("--repeats", type=int, default=1, help="time the --steps this many times; the median counts")
+    group.add_argument(
+        "--timeout", type=float, default=None, help="seconds each pipeline's process may take (None: no limit)"
     )
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="time the --steps this many times; the median counts (default: 1)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds each pipeline's process may take (default: no limit)"
-    )
-    parser.add_argument(
+    group.add_argument(
         "--cold",
         action="store_true",
         help="--loader-only: evict the packs from the page cache before timing them (as an epoch of a dataset "
         "larger than memory reads them)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--only",
         default=None,
         choices=["ours", "baseline", "stream", "packed"],
         help="run one pipeline in this process (used internally)",
     )
-    parser.add_argument(
-        "--stats", default=None, help=argparse.SUPPRESS
-    )  # internal: the baseline's mean and std, as JSON
-    parser.add_argument(
+    group.add_argument("--stats", default=None, help=argparse.SUPPRESS)  # internal: the baseline's mean and std, JSON
+    group.add_argument(
         "--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the fraction of it reached"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    group.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def get_args(argv: list[str] | None = None) -> argparse.Namespace:

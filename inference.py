@@ -88,12 +88,18 @@ def plot_path(out: Path, index: int, several: bool) -> Path:
     return out.with_name(f"{out.stem}-{index}{out.suffix}") if several else out
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with every default, and the examples above as they are written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """What a learner gives first (the images, the network, what to show), the operator's flags last."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "images", nargs="*", help="image files or directories of images (with --export: extra inputs for its check)"
     )
-    source = parser.add_mutually_exclusive_group()
+    network = parser.add_argument_group("the network")
+    source = network.add_mutually_exclusive_group()
     source.add_argument(
         "--checkpoint",
         default=None,
@@ -107,39 +113,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of a checkpoint: torchvision's pretrained ImageNet AlexNet (IMAGENET1K_V1), "
         "downloaded once into $TORCH_HOME/hub/checkpoints/",
     )
-    parser.add_argument("--runs-dir", default="runs", help="where train.py writes its runs")
-    parser.add_argument("--topk", type=int, default=5, help="how many classes to show per image")
-    parser.add_argument(
+    network.add_argument("--runs-dir", default="runs", help="where train.py writes its runs")
+    network.add_argument(
         "--labels", default=None, help="text file with one class name per line, overriding the checkpoint's"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=64,
-        help="model inputs per forward pass (an image is 2 with --tta flip, 10 with 10crop)",
-    )
-    parser.add_argument(
+    shown = parser.add_argument_group("what is shown and written")
+    shown.add_argument("--topk", type=int, default=5, help="how many classes to show per image")
+    shown.add_argument(
         "--tta",
         default="none",
         choices=TTA_MODES,
         help="test-time augmentation: none (centre crop), flip (it and its mirror) or 10crop (the paper's ten crops); "
         "softmax averaged",
     )
-    parser.add_argument(
+    shown.add_argument(
         "--plot",
         default=None,
         metavar="OUT.png",
         help="draw each image beside its top-k bar chart; with several image files, OUT-<index>.png per image",
     )
-    parser.add_argument(
+    shown.add_argument(
         "--output",
         default=None,
         metavar="FILE.csv|FILE.jsonl",
         help="also write one row per image to this file: its top-k classes and confidences, or why it was not read",
     )
-    parser.add_argument(
+    shown.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
+    operator = parser.add_argument_group("device, batches and export (operator)")
+    operator.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    operator.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="model inputs per forward pass (an image is 2 with --tta flip, 10 with 10crop)",
+    )
+    operator.add_argument(
         "--export",
         default=None,
         metavar="FILE.onnx|FILE.pt2",

@@ -30,6 +30,8 @@ from errors import DataError
 from folders import decode_for_store, folder_samples
 from packs import PackedFiles, build_pack, pack_folder, read_pack
 from presets import crops_on_cpu, normalize
+from run_files import Setup
+from train_settings import command_line_settings
 
 CPU = torch.device("cpu")
 CLASSES = ["a", "b"]
@@ -406,11 +408,11 @@ def test_a_half_pack_that_does_not_fit_is_packed_from_scratch(
 def test_ctrl_c_while_packing_in_train_py_exits_130_and_says_how_to_resume(
     photos: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    args = train.get_args(["--data", str(photos), "--loader", "packed", "--pack-dir", str(tmp_path / "p"),
+    settings = command_line_settings(["--data", str(photos), "--loader", "packed", "--pack-dir", str(tmp_path / "p"),
                            "--data-root", str(tmp_path / "data"), "--image-size", "67", "--workers", "0"])  # fmt: skip
     count_decodes(monkeypatch, stop_at=3)
     with pytest.raises(SystemExit) as stopped:
-        train.load_data_or_exit(args, train.Setup(CPU, None, torch.channels_last))
+        train.load_data_or_exit(settings.data, Setup(CPU, None, torch.channels_last))
     assert stopped.value.code == 130
     assert "Packing stopped at 0/69 images; the same command resumes it." in capsys.readouterr().out
     assert list((tmp_path / "p").glob("*/progress.jsonl")) and not list((tmp_path / "p").glob("*/pack.json"))
@@ -711,8 +713,8 @@ def test_a_full_disk_while_finishing_or_recording_is_one_data_error(
 
 @pytest.mark.parametrize("value, start", [(None, "error: --pack-dir: "), ("/mnt/p", "error: --pack-dir /mnt/p: ")])
 def test_a_pack_dir_error_names_the_flag_and_its_value(value: str | None, start: str) -> None:
-    args = train.get_args([] if value is None else ["--pack-dir", value])
-    with pytest.raises(SystemExit) as stopped, train.data_errors(args):
+    config = command_line_settings([] if value is None else ["--pack-dir", value]).data
+    with pytest.raises(SystemExit) as stopped, train.data_errors(config):
         raise DataError("packing needs 14 MB of disk space in /mnt/p", "pack_dir")
     assert stopped.value.code == start + "packing needs 14 MB of disk space in /mnt/p"
 

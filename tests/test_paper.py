@@ -2,6 +2,7 @@
 ImageNet weights (a file the test writes, no network), and 10-crop evaluation."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,15 @@ import torchvision
 from helpers import run
 from PIL import Image
 
-import train
+from train_settings import command_line_settings, flat_settings
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--amp", "off"]
 
 
 def test_paper_recipe_sets_the_papers_values_and_explicit_flags_win() -> None:
-    args = train.get_args(["--recipe", "paper"])
+    settings = flat_settings(command_line_settings(["--recipe", "paper"]))
     chosen = {
-        key: getattr(args, key)
+        key: settings[key]
         for key in (
             "model",
             "batch_size",
@@ -43,19 +44,18 @@ def test_paper_recipe_sets_the_papers_values_and_explicit_flags_win() -> None:
         "augment": "crop",
         "lighting": 0.1,
     }
-    assert train.get_args(["--recipe", "paper", "--epochs", "3"]).epochs == 3
+    assert command_line_settings(["--recipe", "paper", "--epochs", "3"]).epochs == 3
 
 
 def test_cifar10_recipe_is_the_measured_command() -> None:
     """--recipe cifar10 is the command docs/performance.md measured (80.5% with flip testing), flag for flag."""
     measured = "--image-size 67 --batch-size 256 --epochs 18 --lr 0.02 --nesterov --schedule onecycle "
     measured += "--warmup-steps 195 --label-smoothing 0.1 --dropout 0.25 --tta flip"
-    assert vars(train.get_args(["--recipe", "cifar10"])) == {
-        **vars(train.get_args(measured.split())),
-        "recipe": "cifar10",
-    }
-    assert train.get_args(["--recipe", "cifar10", "--ema", "0.999"]).ema == 0.999  # the new options go with it
-    assert train.get_args([]).model == "default"
+    assert command_line_settings(["--recipe", "cifar10"]) == replace(
+        command_line_settings(measured.split()), recipe="cifar10"
+    )
+    assert command_line_settings(["--recipe", "cifar10", "--ema", "0.999"]).ema == 0.999  # the new options go with it
+    assert command_line_settings([]).model == "default"
 
 
 def write_folder(root: Path) -> Path:

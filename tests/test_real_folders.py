@@ -19,8 +19,9 @@ import torchvision.transforms.v2.functional as TF
 from helpers import copy_run, run
 from PIL import Image
 
-import train
+import train_settings
 from data_pipeline import DataConfig, load_data
+from train_settings import command_line_settings
 
 # Image folders: 40x40 images, stored at 40 px and upscaled to 67: a step or two of batch 16 per epoch.
 FOLDER = [
@@ -293,15 +294,15 @@ def test_unwritable_out_dir_is_refused_before_loading_the_data(work: Path, obsta
 @pytest.mark.parametrize("name", ["../../x", "a/b", "/tmp/abs", ".."])
 def test_run_name_must_be_one_path_component(name: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:  # refused at parse time: nothing is created anywhere
-        train.get_args(["--name", name])
+        command_line_settings(["--name", name])
     assert exit_info.value.code == 2
     assert "--name must be one folder name" in capsys.readouterr().err.strip().splitlines()[-1]
-    assert train.get_args(["--name", "my-run.v2"]).name == "my-run.v2"
+    assert command_line_settings(["--name", "my-run.v2"]).name == "my-run.v2"
 
 
 FLOAT_FLAGS = sorted(
     next(s for s in action.option_strings if s.startswith("--"))
-    for action in train.build_parser()._actions
+    for action in train_settings.build_parser()._actions
     if action.type is float
 )
 
@@ -314,7 +315,7 @@ def test_float_flags_are_found() -> None:
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_float_flags_are_refused_at_parse_time(flag: str, value: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        train.get_args([f"{flag}={value}"])
+        command_line_settings([f"{flag}={value}"])
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's error line: the usage above names every flag
     assert flag in last, last

@@ -19,11 +19,12 @@ from PIL import Image
 import atomic_files
 import checkpoints
 import folders
-import train
+import run_files
 from atomic_files import save_atomically
 from data_pipeline import DataConfig, load_data
 from errors import CheckpointError, DataError
 from presets import train_transform
+from train_settings import command_line_settings
 
 # 64 images, batches of 16: 4 steps an epoch, every step logged (those of conftest's one_epoch_run).
 SHAPES = TINY_SHAPES
@@ -262,7 +263,7 @@ def test_resume_and_evaluate_refuse_weights_that_do_not_fit_in_one_line(tmp_path
 )
 def test_bad_flags_exit_2_with_one_message(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        train.get_args(args)
+        command_line_settings(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -467,11 +468,11 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_intact(
 
 
 def test_unnamed_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
-    first, second = (train.make_run_dir(tmp_path / "runs" / "shapes-20261202-101500", named=False) for _ in "ab")
+    first, second = (run_files.make_run_dir(tmp_path / "runs" / "shapes-20261202-101500", named=False) for _ in "ab")
     assert (first.name, second.name) == ("shapes-20261202-101500", "shapes-20261202-101500-2")
     assert first.is_dir() and second.is_dir()
     with pytest.raises(SystemExit, match=r"already exists; choose another --name or --resume"):
-        train.make_run_dir(tmp_path / "runs" / "shapes-20261202-101500", named=True)  # a --name is never renamed
+        run_files.make_run_dir(tmp_path / "runs" / "shapes-20261202-101500", named=True)  # a --name is never renamed
 
 
 def test_two_processes_writing_one_file_use_their_own_temporary_files(tmp_path: Path, monkeypatch) -> None:

@@ -11,6 +11,7 @@ from helpers import fill_the_disk_at, png_size
 
 import train
 from run_log import ChanceWatch, check_tensorboard, log_epoch, read_metrics, tensorboard_writer
+from train_settings import command_line_settings
 
 ROW = {"epoch": 1, "train_loss": 2.0, "train_top1": 0.1, "train_top5": 0.5, "val_loss": 1.9, "val_top1": 0.2,
        "val_top5": 0.6, "lr": 0.01, "epoch_seconds": 3.0, "images_per_second": 100.0}  # fmt: skip
@@ -41,7 +42,7 @@ def test_tensorboard_flag_without_the_package_says_what_to_install(
     with pytest.raises(ImportError, match="pip install tensorboard"):
         check_tensorboard()
     with pytest.raises(SystemExit) as exit_info:
-        train.get_args(["--tensorboard"])
+        command_line_settings(["--tensorboard"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and error.endswith("--tensorboard: the tensorboard package is not installed; "
                                                         "pip install tensorboard")  # fmt: skip

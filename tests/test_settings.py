@@ -1,5 +1,5 @@
-"""Where every setting comes from (train.resolve_settings), one set of defaults shared by the library
-and the command line (DataConfig), and the one kind of batch source train.py reads."""
+"""Where every setting comes from (train_settings.resolve_settings), one set of defaults shared by the library
+and the command line (TrainSettings, DataConfig), and the one kind of batch source train.py reads."""
 
 from dataclasses import fields
 from pathlib import Path
@@ -8,14 +8,16 @@ import pytest
 import torch
 
 import train
+import train_settings
 from atomic_files import save_atomically
 from data_pipeline import BatchSource, DataConfig, InMemory, load_data
+from train_settings import TrainSettings
 
 CPU = torch.device("cpu")
 
 
 def test_the_data_flags_defaults_are_the_librarys() -> None:
-    defaults = vars(train.build_parser().parse_args([]))
+    defaults = vars(train_settings.build_parser().parse_args([]))
     library = DataConfig()
     for field in fields(DataConfig):
         if field.name in defaults and field.name != "image_size":  # image_size: None on the command line
@@ -23,17 +25,30 @@ def test_the_data_flags_defaults_are_the_librarys() -> None:
     assert library.batch_size == 64 and library.workers >= 1
 
 
+def test_every_flag_is_a_field_of_the_settings_with_its_default() -> None:
+    """The defaults are declared once, in TrainSettings and DataConfig: each flag's is its field's."""
+    defaults, settings = vars(train_settings.build_parser().parse_args([])), TrainSettings()
+    assert set(defaults) == set(train_settings.flat_settings(settings))  # no flag without a field, nor the reverse
+    for field in fields(TrainSettings):
+        if field.name != "data":
+            assert defaults[field.name] == getattr(settings, field.name), field.name
+    assert train_settings.settings_from(train_settings.flat_settings(settings)) == settings
+
+
 def test_data_settings_are_taken_by_field_name() -> None:
-    args = train.get_args(["--data-root", "/x", "--batch-size", "5", "--workers", "0", "--lighting", "0.1"])
-    config = train.data_config(args)
+    argv = ["--data-root", "/x", "--batch-size", "5", "--workers", "0", "--lighting", "0.1"]
+    config, parsed = (
+        train_settings.command_line_settings(argv).data,
+        vars(train_settings.build_parser().parse_args(argv)),
+    )
     for field in fields(DataConfig):
         if field.name == "normalization":
             assert config.normalization is None  # not a flag: set by --pretrained
         elif field.name == "image_size":
             assert config.image_size == 67  # the built-in shapes' default, worked out by DataConfig
         else:
-            assert getattr(config, field.name) == getattr(args, field.name), field.name
-    assert train.data_config(train.get_args(["--pretrained", "imagenet"])).normalization is not None
+            assert getattr(config, field.name) == parsed[field.name], field.name
+    assert train_settings.command_line_settings(["--pretrained", "imagenet"]).data.normalization is not None
 
 
 @pytest.mark.parametrize(
@@ -45,31 +60,35 @@ def test_the_input_size_is_worked_out_once_by_dataconfig(settings: dict, size: i
 
 
 def test_only_the_flags_given_count_as_given() -> None:
-    parser = train.build_parser()
-    defaults, given = train.parse_command_line(parser, ["--epochs", "8", "--nesterov", "--recipe", "paper"])
+    parser = train_settings.build_parser()
+    defaults, given = train_settings.parse_command_line(parser, ["--epochs", "8", "--nesterov", "--recipe", "paper"])
     assert given == {"epochs": 8, "nesterov": True, "recipe": "paper"}  # 8 is the default, but it was given
     assert defaults["epochs"] == 8 and defaults["nesterov"] is False and defaults["recipe"] is None
-    assert train.parse_command_line(parser, [])[1] == {}
+    assert train_settings.parse_command_line(parser, [])[1] == {}
 
 
 def test_each_source_wins_over_the_ones_above_it_in_the_table() -> None:
-    defaults = vars(train.build_parser().parse_args([]))
+    defaults = vars(train_settings.build_parser().parse_args([]))
     # the recipe over the defaults
-    settings = train.resolve_settings(defaults, {"recipe": "paper"})
+    settings = train_settings.resolve_settings(defaults, {"recipe": "paper"})
     assert (settings["batch_size"], settings["model"], settings["epochs"]) == (128, "paper", 90)
     # the resumed run over the recipe; the command line over the resumed run; NOT_RESUMED stay this run's
     resumed = {**settings, "epochs": 5, "lr": 0.5, "workers": 7, "device": "cuda", "gone_flag": 1}
-    settings = train.resolve_settings(defaults, {"recipe": "paper", "lr": 0.1}, resumed)
+    settings = train_settings.resolve_settings(defaults, {"recipe": "paper", "lr": 0.1}, resumed)
     assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (5, 0.1, 128)
     assert settings["workers"] == defaults["workers"] and settings["device"] == "auto" and "gone_flag" not in settings
     # where the data is comes back too: `--resume` alone continues a `--dataset imagenet --data-root DIR` run
-    settings = train.resolve_settings(defaults, {}, {**resumed, "dataset": "imagenet", "data_root": "/imagenet"})
+    settings = train_settings.resolve_settings(
+        defaults, {}, {**resumed, "dataset": "imagenet", "data_root": "/imagenet"}
+    )
     assert (settings["dataset"], settings["data_root"]) == ("imagenet", "/imagenet")
     # and where its pack and decode cache are: a resumed ImageNet run does not pack or decode it all again
     kept = {"loader": "packed", "pack_dir": "/nvme/packs", "pack_format": "jpeg", "cache_dir": "/nvme/cache"}
-    assert {key: train.resolve_settings(defaults, {}, {**resumed, **kept})[key] for key in kept} == kept
+    assert {key: train_settings.resolve_settings(defaults, {}, {**resumed, **kept})[key] for key in kept} == kept
     # --evaluate's checkpoint over the command line, for the model's input
-    settings = train.resolve_settings(defaults, {"image_size": 224}, None, {"image_size": 99, "in_channels": 1})
+    settings = train_settings.resolve_settings(
+        defaults, {"image_size": 224}, None, {"image_size": 99, "in_channels": 1}
+    )
     assert (settings["image_size"], settings["in_channels"]) == (99, 1)
 
 
@@ -78,7 +97,7 @@ def last_pt(tmp_path: Path, **args) -> Path:
     from alexnet import AlexNet
 
     model = AlexNet(2)
-    settings = {**vars(train.build_parser().parse_args([])), **args}
+    settings = {**vars(train_settings.build_parser().parse_args([])), **args}
     state = {
         "model": model.state_dict(),
         "model_config": model.config,
@@ -96,7 +115,7 @@ def last_pt(tmp_path: Path, **args) -> Path:
 def test_a_resumed_runs_settings_are_known_before_the_device_is_set_up(tmp_path: Path) -> None:
     # make_setup reads --deterministic and --amp: they must come back from the checkpoint before main calls it.
     path = last_pt(tmp_path, deterministic=True, amp="off", epochs=3, lr=0.03)
-    args, resume, evaluated = train.get_settings(["--resume", str(path.parent), "--epochs", "4"])
+    args, resume, evaluated = train_settings.get_settings(["--resume", str(path.parent), "--epochs", "4"])
     assert (args.deterministic, args.amp, args.epochs, args.lr) == (True, "off", 4, 0.03)
     assert resume["classes"] == ["a", "b"] and evaluated is None
     assert args.resume == str(path.parent) and args.device == CPU
@@ -104,8 +123,8 @@ def test_a_resumed_runs_settings_are_known_before_the_device_is_set_up(tmp_path:
 
 def test_an_evaluated_checkpoint_brings_its_input_size(tmp_path: Path) -> None:
     path = last_pt(tmp_path)
-    args, resume, evaluated = train.get_settings(["--evaluate", str(path), "--image-size", "224"])
-    assert args.image_size == 67 and resume is None and evaluated["classes"] == ["a", "b"]
+    args, resume, evaluated = train_settings.get_settings(["--evaluate", str(path), "--image-size", "224"])
+    assert args.data.image_size == 67 and resume is None and evaluated["classes"] == ["a", "b"]
 
 
 def test_every_batch_source_shares_one_base(tmp_path: Path) -> None:

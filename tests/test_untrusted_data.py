@@ -20,12 +20,12 @@ from PIL import Image
 
 import folders
 import packs
-import train
 from checkpoints import save_checkpoint
 from data_pipeline import DataConfig, InMemory, Packed, load_data
 from errors import DataError
 from folders import folder_samples
 from packs import build_pack, pack_folder
+from train_settings import command_line_settings, get_settings
 
 CPU = torch.device("cpu")
 CLASSES = ["a", "b"]
@@ -382,9 +382,8 @@ def test_verify_pack_packs_again_the_chunks_of_a_half_pack_whose_files_changed(
 
 
 def test_train_py_has_a_verify_pack_flag_for_the_loading() -> None:
-    args = train.get_args(["--verify-pack"])
-    assert train.data_config(args).verify_pack is True
-    assert train.data_config(train.get_args([])).verify_pack is False
+    assert command_line_settings(["--verify-pack"]).data.verify_pack is True
+    assert command_line_settings([]).data.verify_pack is False
 
 
 # --- A resumed run's saved settings ---------------------------------------------------------------------------
@@ -427,7 +426,7 @@ def test_a_saved_setting_that_would_be_refused_on_the_command_line_is_refused_on
     change, named, flag = SAVED_NONSENSE[case]
     run_dir = edited_run(one_epoch_run, tmp_path, change)
     with pytest.raises(SystemExit) as refused:
-        train.get_settings(["--resume", str(run_dir), "--epochs", "2"])
+        get_settings(["--resume", str(run_dir), "--epochs", "2"])
     line = str(refused.value.code)
     assert line.startswith(f"error: {run_dir / 'last.pt'}: {named}"), line
     assert "\n" not in line and (flag is None or f"give {flag} " in line), line
@@ -438,8 +437,8 @@ def test_a_saved_setting_given_again_on_the_command_line_is_replaced_and_unknown
     one_epoch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run_dir = edited_run(one_epoch_run, tmp_path, lambda args: {**args, "batch_size": 0, "\x1b[31mgone": 1})
-    args, resume, _ = train.get_settings(["--resume", str(run_dir), "--epochs", "2", "--batch-size", "16"])
-    assert args.batch_size == 16 and resume["epoch"] == 1
+    args, resume, _ = get_settings(["--resume", str(run_dir), "--epochs", "2", "--batch-size", "16"])
+    assert args.data.batch_size == 16 and resume["epoch"] == 1
     notes = capsys.readouterr().out.strip().splitlines()
     assert len(notes) == 1 and notes[0].startswith(f"note: {run_dir / 'last.pt'}: ") and "\x1b" not in notes[0]
     assert "\\x1b[31mgone" in notes[0] and "ignored" in notes[0]
@@ -461,14 +460,16 @@ def test_train_py_refuses_a_resumed_batch_of_0_in_one_line_and_writes_nothing(
 # --- A killed data-loading worker -------------------------------------------------------------------------------
 
 # train.py, with a DataLoader worker that kills itself with SIGKILL (as the kernel's out-of-memory killer does)
-# when it starts to decode its Nth training image: argv = the repository, N, then train.py's arguments.
+# when it starts to decode its Nth training image (with KILL_IN=val in the environment: validation image):
+# argv = the repository, N, then train.py's arguments.
 KILLER = """import os, runpy, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch.utils.data
 import folders
 decode, decoded, kill_at = folders.FolderFiles.__getitem__, [0], int(sys.argv[2])
+training = os.environ.get("KILL_IN", "train") == "train"
 def getitem(self, index):
-    if self.fill and torch.utils.data.get_worker_info() is not None:  # a training worker
+    if self.fill == training and torch.utils.data.get_worker_info() is not None:  # a training (validation) worker
         decoded[0] += 1
         if decoded[0] == kill_at:
             time.sleep(0.5)  # the batches it made before reach the main process
@@ -514,3 +515,26 @@ def test_a_killed_data_loading_worker_is_one_line_and_a_checkpoint_that_resumes_
     assert all(torch.equal(weights["killed"][key], weights["straight"][key]) for key in weights["straight"])
     for path in tmp_path.rglob("*.pt"):  # hundreds of MB
         path.unlink()
+
+
+@pytest.mark.slow
+def test_a_data_loading_worker_killed_during_validation_is_one_line_naming_the_last_checkpoint(tmp_path: Path) -> None:
+    (write_folder(tmp_path / "f", train_count=4, val_count=2, side=40) / "train" / "a" / "empty.png").unlink()
+    # 8 training images in batches of 4, 4 validation images: the worker dies at the first of epoch 2's validation.
+    flags = ["--data", "f", "--loader", "stream", "--workers", "1", "--batch-size", "4", "--image-size", "67",
+             "--epochs", "2", "--no-plots", "--amp", "off", "--device", "cpu", "--name", "killed"]  # fmt: skip
+    (tmp_path / "killer.py").write_text(KILLER)
+    killed = subprocess.run(
+        [sys.executable, "killer.py", str(ROOT), str(4 + 1), *flags],
+        cwd=tmp_path, env={**SCRIPT_ENV, "KILL_IN": "val"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == 1 and "Traceback" not in killed.stderr, killed.stderr
+    (line,) = killed.stderr.strip().splitlines()
+    assert line == (
+        "error: a data-loading worker died (signal 9, perhaps out of memory) while validating epoch 2; "
+        f"{Path('runs/killed/last.pt')} holds the run up to epoch 1; go on with --resume {Path('runs/killed')}"
+    ), line
+    checkpoint = torch.load(tmp_path / "runs" / "killed" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["partial"] is None
+    (tmp_path / "runs" / "killed" / "last.pt").unlink()  # hundreds of MB
+    (tmp_path / "runs" / "killed" / "best.pt").unlink()

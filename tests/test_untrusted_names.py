@@ -21,6 +21,7 @@ from helpers import CHECKPOINT_PRESET, png_size, run, run_cli, save_checkpoint_f
 from PIL import Image
 
 import plots
+import run_files
 import train
 from alexnet import AlexNet
 from errors import DataError
@@ -108,7 +109,7 @@ def test_a_picture_that_cannot_be_drawn_is_one_warning_after_the_checkpoints(
         seen.append(sorted(path.name for path in run_dir.glob("*.pt")))  # what was saved when the picture was drawn
         raise ValueError("matplotlib cannot draw this\nsecond line of the reason")
 
-    monkeypatch.setattr(train, failing, broken)
+    monkeypatch.setattr(run_files, failing, broken)
     tiny = ["--train-size", "32", "--val-size", "8", "--batch-size", "16", "--epochs", "1", "--workers", "0"]
     train.main([*tiny, "--amp", "off", "--out-dir", str(tmp_path), "--name", "broken"])
     out = capsys.readouterr().out

@@ -17,10 +17,12 @@ import atomic_files
 import data_pipeline
 import folders
 import inference
+import run_files
 import train
 from data_pipeline import DataConfig, load_data
 from errors import BadImageError, DataError
 from image_files import load_image
+from train_settings import command_line_settings, fit_workers
 
 NAME_MAX = 255  # bytes, on every file system the project writes to (ext4, XFS, btrfs, APFS, tmpfs)
 
@@ -135,8 +137,26 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_its_name_free(tmp_p
     assert (tmp_path / "runs" / "again" / "last.pt").is_file()
 
 
+def test_a_name_whose_folder_holds_no_checkpoint_is_refused_without_sending_to_resume(tmp_path: Path) -> None:
+    """A folder that remove_unsaved_run could not remove (a run killed with SIGKILL, a notebook's run that failed)
+    has nothing to --resume: the line says so, before anything is loaded, and the folder is left as it is."""
+    kept = tmp_path / "runs" / "early"
+    (kept / "samples").mkdir(parents=True)
+    flags = [*TINY_SHAPES, "--out-dir", str(tmp_path / "runs"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as refused:
+        train.main([*flags, "--name", "early"])
+    assert refused.value.code == (
+        f"error: run directory {kept} already exists and holds no checkpoint (a run killed before its first epoch "
+        "ended?): remove it or choose another --name"
+    )
+    assert sorted(path.name for path in kept.iterdir()) == ["samples"]
+    (kept / "last.pt").write_bytes(b"weights")  # a checkpoint: resuming is what to do
+    with pytest.raises(SystemExit, match=r"already exists; choose another --name or --resume .*early$"):
+        train.main([*flags, "--name", "early"])
+
+
 def made_run_dir(tmp_path: Path) -> tuple[Path, os.stat_result]:
-    run_dir = train.make_run_dir(tmp_path / "runs" / "r", named=True)
+    run_dir = run_files.make_run_dir(tmp_path / "runs" / "r", named=True)
     (run_dir / "samples").mkdir()
     (run_dir / "samples" / "0_a.png").write_bytes(b"png")
     return run_dir, run_dir.stat()
@@ -144,28 +164,28 @@ def made_run_dir(tmp_path: Path) -> tuple[Path, os.stat_result]:
 
 def test_a_failed_run_folder_is_removed_only_when_it_holds_nothing_of_value(tmp_path: Path, capsys) -> None:
     run_dir, made = made_run_dir(tmp_path)
-    train.remove_unsaved_run(run_dir, made, os.getpid())
+    run_files.remove_unsaved_run(run_dir, made, os.getpid())
     assert not run_dir.exists() and "note: removed" in capsys.readouterr().err
 
     run_dir, made = made_run_dir(tmp_path)  # a checkpoint: kept
     (run_dir / "last.pt").write_bytes(b"weights")
-    train.remove_unsaved_run(run_dir, made, os.getpid())
+    run_files.remove_unsaved_run(run_dir, made, os.getpid())
     assert (run_dir / "last.pt").exists()
 
     (run_dir / "last.pt").unlink()  # a file older than the folder (not this run's): kept
     old = run_dir / "notes.txt"
     old.write_text("mine")
     os.utime(old, ns=(made.st_mtime_ns - 10**9, made.st_mtime_ns - 10**9))
-    train.remove_unsaved_run(run_dir, made, os.getpid())
+    run_files.remove_unsaved_run(run_dir, made, os.getpid())
     assert old.exists()
 
     old.unlink()  # another process (a forked DataLoader worker): kept
-    train.remove_unsaved_run(run_dir, made, os.getpid() + 1)
+    run_files.remove_unsaved_run(run_dir, made, os.getpid() + 1)
     assert run_dir.exists()
 
     run_dir.rename(tmp_path / "moved")  # another folder of that name now: kept
     run_dir.mkdir()
-    train.remove_unsaved_run(run_dir, made, os.getpid())
+    run_files.remove_unsaved_run(run_dir, made, os.getpid())
     assert run_dir.exists() and capsys.readouterr().err == ""
 
 
@@ -223,19 +243,27 @@ def test_train_refuses_a_folder_of_empty_files_in_one_line(tmp_path: Path) -> No
 # --- More --workers than cores ------------------------------------------------------------------------------
 
 
+def fitted_workers(workers: str) -> int:
+    """--workers as train.py uses it, once cut to the CPUs there are."""
+    config = command_line_settings(["--workers", workers]).data
+    fit_workers(config)
+    return config.workers
+
+
 def test_more_workers_than_cpus_are_cut_to_the_cpus_with_one_note(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert data_pipeline.usable_cpus() == 2
-    args = train.get_args(["--workers", "200"])
-    assert train.data_config(args).workers == 2 and args.workers == 2
+    config = command_line_settings(["--workers", "200"]).data
+    fit_workers(config)
+    assert config.workers == 2
     assert capsys.readouterr().out == "note: --workers 200 is more than the 2 CPUs here; using 2\n"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)  # e.g. taskset -c 3
-    assert train.data_config(train.get_args(["--workers", "2"])).workers == 1
+    assert fitted_workers("2") == 1
     assert capsys.readouterr().out == "note: --workers 2 is more than the 1 CPU here; using 1\n"
-    assert train.data_config(train.get_args(["--workers", "1"])).workers == 1 and capsys.readouterr().out == ""
+    assert fitted_workers("1") == 1 and capsys.readouterr().out == ""
 
 
 @pytest.mark.slow
