@@ -20,7 +20,8 @@ Our own code, where a scheduler cannot do the job:
   so load_state_dict builds the schedulers for this run's flags and steps them again, in the order the run did,
   which gives the interrupted run's rate to the bit.
 - ReduceLROnPlateau cannot step again without the validation scores, so that replay divides the rate by 10 itself
-  after the epochs where the rule fired (the state lists them).
+  after the epochs where the rule fired (the state lists them), and once for each reduction of an older checkpoint
+  that did not say when (the state counts them as "unplaced", so every later checkpoint keeps them too).
 - OneCycleLR divides by zero when its warm-up is a single step (--warmup-steps 0 or 1, or a run of two steps), so
   such a run decays linearly from lr with LinearLR instead.
 """
@@ -40,6 +41,9 @@ START, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.01, 25.0, 1e4  # the warm-up's first
 # and so does the first step after fp16 loss scaling skipped the optimiser's; neither skips a rate here.
 STEP_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 STATE_KEYS = ("step", "epoch", "best", "bad_epochs")  # what every version's state holds
+# No run takes this many optimiser steps (a million a second for 285 years). The steps of an epoch give no tighter
+# bound: a run may go on under a larger global batch or a smaller --max-steps, with fewer steps an epoch than it took.
+MOST_STEPS = 2**53
 
 
 class Schedule:
@@ -57,6 +61,7 @@ class Schedule:
         self.step = 0  # optimiser steps taken
         self.epoch = 0  # epochs completed
         self.reduced_after: list[int] = []  # plateau: the epochs after which the rate was divided by 10
+        self.unplaced = 0  # plateau: the reductions of an older checkpoint, which did not say after which epochs
         self.build()
 
     def build(self) -> None:
@@ -94,8 +99,7 @@ class Schedule:
         """Count an optimiser step, and set the rate of the next one."""
         self.step += 1
         if self.step <= self.per_step_until:
-            with library_warnings_off(STEP_ORDER_WARNING):
-                self.per_step.step()
+            quiet_step(self.per_step, self.optimizer)
 
     def end_epoch(self, val_top1: float) -> None:
         """Count a finished epoch: the step decay, or the plateau rule on its validation top-1."""
@@ -106,8 +110,7 @@ class Schedule:
             if self.lr() < before:
                 self.reduced_after.append(self.epoch)
         elif self.per_epoch is not None:
-            with library_warnings_off(STEP_ORDER_WARNING):
-                self.per_epoch.step()
+            quiet_step(self.per_epoch, self.optimizer)
 
     def state_dict(self) -> dict:
         """The counts that set the schedule up again: plain numbers and lists (checkpoints are read with
@@ -117,22 +120,24 @@ class Schedule:
             "step": self.step,
             "epoch": self.epoch,
             "reduced_after": list(self.reduced_after),
-            "reductions": len(self.reduced_after),
+            "unplaced": self.unplaced,
+            "reductions": len(self.reduced_after) + self.unplaced,
             "best": plateau.best if plateau else -math.inf,
             "bad_epochs": plateau.num_bad_epochs if plateau else 0,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Go on from `state` (state_dict's; or, from the versions before the schedulers, the same without
-        "reduced_after"): the schedulers built for this run's settings and stepped again to where it stopped.
-        CheckpointError (its message without the path) for a state this run cannot go on from."""
+        "reduced_after" and "unplaced"): the schedulers built for this run's settings and stepped again to where it
+        stopped. CheckpointError (its message without the path) for a state this run cannot go on from."""
         self.check_state(state)
         self.step, self.epoch = state["step"], state["epoch"]
         counted = "reduced_after" not in state  # those versions counted the reductions, not when they came
         self.reduced_after = [] if counted else list(state["reduced_after"])
+        self.unplaced = state.get("reductions", 0) if counted else state.get("unplaced", 0)
         self.build()
-        with library_warnings_off(STEP_ORDER_WARNING):
-            self.replay(state.get("reductions", 0) if counted else 0)
+        with library_warnings_off(STEP_ORDER_WARNING):  # (the optimiser has not stepped in this process)
+            self.replay()
         if isinstance(self.per_epoch, ReduceLROnPlateau):
             counts = {"best": state["best"], "num_bad_epochs": state["bad_epochs"], "last_epoch": self.epoch}
             self.per_epoch.load_state_dict(counts)  # (it updates the scheduler's attributes with these)
@@ -142,28 +147,30 @@ class Schedule:
         trusted (and an epoch past this run's would make the replay long)."""
         if not isinstance(state, dict) or not all(key in state for key in STATE_KEYS):
             raise CheckpointError(f"its schedule state is not a table of {', '.join(STATE_KEYS)}")
-        reduced, best = state.get("reduced_after", []), state["best"]
+        reduced, best, epoch = state.get("reduced_after", []), state["best"], state["epoch"]
+        done = epoch if is_count(epoch, self.epochs) else 0  # at most one plateau reduction an epoch
         wrong = {
-            "step": not is_count(state["step"]),
-            "epoch": not is_count(state["epoch"]) or state["epoch"] > self.epochs,
-            "bad_epochs": not is_count(state["bad_epochs"]),
-            "reductions": not is_count(state.get("reductions", 0)) or state.get("reductions", 0) > self.epochs,
+            "step": not is_count(state["step"], MOST_STEPS),
+            "epoch": not is_count(epoch, self.epochs),
+            "bad_epochs": not is_count(state["bad_epochs"], self.epochs),
+            "reductions": not is_count(state.get("reductions", 0), self.epochs),
+            "unplaced": not is_count(state.get("unplaced", 0), done),
             "reduced_after": not isinstance(reduced, list)
-            or len(reduced) > self.epochs
-            or not all(map(is_count, reduced)),
+            or not all(is_count(after, done) and after > 0 for after in reduced)
+            or reduced != sorted(set(reduced)),  # (in the order the run came to them, each once)
             "best": not isinstance(best, (int, float)) or isinstance(best, bool) or math.isnan(best),
         }
         key = next((key for key, bad in wrong.items() if bad), None)
         if key is not None:
-            value = printable(repr(state.get(key)))
+            value = printable(shown(state.get(key)))
             value = value if len(value) <= 40 else value[:37] + "..."
             raise CheckpointError(
                 f"its schedule state's {key} = {value} is not one a run of {self.epochs} epoch(s) can go on from"
             )
 
-    def replay(self, reductions: int) -> None:
+    def replay(self) -> None:
         """Step the fresh schedulers as the run did up to self.step and self.epoch (then divide the rate by 10
-        `reductions` times: those of a state that did not say when)."""
+        for each reduction of an older state that did not say when: the factors commute)."""
         if isinstance(self.per_step, OneCycleLR):  # its rate is a function of the step: step to it at once
             position = min(self.step, self.per_step_until)
             if position:
@@ -178,7 +185,7 @@ class Schedule:
             elif epoch in self.reduced_after:
                 self.divide_by_10()
         self.step_to(self.step, stepped)
-        for _ in range(reductions if isinstance(self.per_epoch, ReduceLROnPlateau) else 0):
+        for _ in range(self.unplaced if isinstance(self.per_epoch, ReduceLROnPlateau) else 0):
             self.divide_by_10()
 
     def step_to(self, step: int, stepped: int) -> int:
@@ -194,8 +201,35 @@ class Schedule:
             group["lr"] = group["lr"] * 0.1
 
 
-def is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def quiet_step(scheduler: LRScheduler, optimizer: torch.optim.Optimizer) -> None:
+    """scheduler.step(), keeping PyTorch's note on the order of steps off the terminal only where it can come (its
+    first step after being built, before the optimiser stepped): catch_warnings resets Python's record of the warnings
+    shown, so any warning of the training loop would show again each step. (An attribute gone in another PyTorch
+    version reads as "it can come".)"""
+    if getattr(scheduler, "_step_count", 1) == 1 and not getattr(optimizer, "_opt_called", False):
+        with library_warnings_off(STEP_ORDER_WARNING):
+            scheduler.step()
+    else:
+        scheduler.step()
+
+
+def is_count(value: object, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most
+
+
+def shown(value: object) -> str:
+    """A checkpoint's value for a message, made short before it is written out: Python's repr refuses ints of over
+    4300 digits, and a list or text may be of any length."""
+    if isinstance(value, int) and abs(value).bit_length() > 256:  # (its repr would be too long for a message)
+        return f"<a number of about {math.floor(abs(value).bit_length() * math.log10(2)) + 1} digits>"
+    if isinstance(value, list):
+        items = ", ".join(
+            shown(item) if isinstance(item, (int, float, str)) else type(item).__name__ for item in value[:4]
+        )
+        return f"[{items}{', ...' if len(value) > 4 else ''}]"
+    if isinstance(value, str):
+        return repr(value[:40])
+    return repr(value) if isinstance(value, (int, float, type(None))) else type(value).__name__
 
 
 def state_from_old_checkpoint(checkpoint: dict, lr: float, warmup_steps: int) -> dict:
@@ -205,7 +239,7 @@ def state_from_old_checkpoint(checkpoint: dict, lr: float, warmup_steps: int) ->
     without the path) where they cannot be read."""
     try:
         return counts_of_old_schedulers(checkpoint, lr, warmup_steps)
-    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError, AttributeError) as error:
+    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError) as error:
         why = printable(f"{type(error).__name__}: {error}")[:80]
         raise CheckpointError(
             f"its schedule (PyTorch's schedulers' state, step_schedule) cannot be read ({why})"

@@ -4,6 +4,7 @@ given again to --resume; and the checkpoints of the two earlier versions (PyTorc
 Schedule's own counts)."""
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,48 @@ def test_checkpoints_of_the_schedule_before_the_schedulers_resume_on_the_same_ra
     assert train(second, first_step=stop) == pytest.approx(expected[stop:], rel=1e-9)
 
 
+@pytest.mark.parametrize("old_format", ["pytorch-schedulers", "counts"])
+def test_a_run_resumed_again_and_again_from_an_old_checkpoint_keeps_its_plateau_reductions(
+    old_format: str, tmp_path: Path
+) -> None:
+    """The old checkpoints said how many times the plateau rule fired, not after which epochs: the resumed run
+    must save those reductions too, or the run resumed from its own checkpoint would lose them."""
+    stop = 7 * STEPS_PER_EPOCH  # after the plateau rule fired twice
+    expected, old_checkpoint = reference_rates("plateau", checkpoint_after_epoch=7)
+    if old_format == "counts":
+        state = counts_before_the_schedulers("plateau", stop)
+        old_checkpoint = {"optimizer": fused_sgd(lr=123.0).state_dict(), "schedule": state}
+    current, rates = resumed(old_checkpoint, "plateau"), []
+    assert current.lr() == pytest.approx(LR / 100, rel=1e-9)  # both reductions
+    for first, end in ((stop, stop + 4), (stop + 4, stop + 9), (stop + 9, None)):  # mid-epoch, next epoch, the end
+        rates += train(current, first_step=first, end_step=end)
+        checkpoint = {"optimizer": current.optimizer.state_dict(), "schedule": current.state_dict()}
+        torch.save(checkpoint, tmp_path / "last.pt")
+        current = resumed(torch.load(tmp_path / "last.pt", weights_only=True), "plateau")
+    assert rates == pytest.approx(expected[7 * STEPS_PER_EPOCH :], rel=1e-9)
+    assert current.state_dict()["reductions"] == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_warning_from_the_training_loop_is_shown_once(kind: str) -> None:
+    """The schedule keeps PyTorch's note on the order of steps off the terminal only where it can come: keeping it
+    off elsewhere would reset Python's record of the warnings shown, and a warning of the loop would show each step."""
+    run = schedule(kind)
+    (weight,) = run.optimizer.param_groups[0]["params"]
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        for _ in range(2 * WARMUP):
+            warnings.warn(
+                "a note from the training loop", UserWarning, stacklevel=1
+            )  # (one place in the code, every step)
+            weight.grad = torch.ones_like(weight)
+            run.optimizer.step()
+            run.after_step()
+            if run.step % STEPS_PER_EPOCH == 0:
+                run.end_epoch(0.5)
+    assert [str(warning.message) for warning in shown] == ["a note from the training loop"]
+
+
 def test_warmup_starts_at_a_hundredth_and_reaches_the_peak() -> None:
     run = Schedule(fused_sgd(0.01), "step", 0.01, 5, 200, 200)
     assert run.lr() == pytest.approx(1e-4)
@@ -241,6 +284,12 @@ GOOD_STATE = {"step": 30, "epoch": 4, "reduced_after": [4], "reductions": 1, "be
         ({"reductions": 10**9}, "reductions = 1000000000 "),
         ({"best": float("nan")}, "best = nan "),
         ({"best": "0.4"}, "best = '0.4' "),
+        ({"step": 10**30}, "step = 1000000000000000000000000000000 "),  # (past any run's steps)
+        ({"epoch": 10**5000}, "epoch = <a number of about 5001 digits> "),  # (repr refuses ints of over 4300 digits)
+        ({"bad_epochs": 10**5000}, "bad_epochs = <a number of about 5001 digits> "),
+        ({"unplaced": 10}, "unplaced = 10 "),  # (at most one reduction an epoch)
+        ({"reduced_after": [2, 2]}, "reduced_after = [2, 2] "),
+        ({"reduced_after": [5]}, "reduced_after = [5] "),  # (after an epoch not yet run)
     ],
 )
 def test_a_schedule_state_no_run_could_have_written_is_one_error_line(change: dict, named: str) -> None:
@@ -255,6 +304,21 @@ def test_a_schedule_state_no_run_could_have_written_is_one_error_line(change: di
             run.load_state_dict(state)
     with pytest.raises(CheckpointError, match=r"^its schedule \(PyTorch's schedulers' state, step_schedule\) cannot"):
         state_from_old_checkpoint({"epoch": 1, "step_schedule": [1]}, LR, WARMUP)
+
+
+@pytest.mark.parametrize(
+    "group", [{"lr": 1e-320}, {"lr": LR, "initial_lr": math.inf}], ids=["lr-1e-320", "initial-lr-inf"]
+)
+def test_an_old_checkpoint_whose_rates_no_run_had_is_one_error_line(group: dict) -> None:
+    """The number of plateau reductions comes from the ratio of the rates: one that is no number is refused."""
+    _, checkpoint = reference_rates("plateau", checkpoint_after_epoch=5)
+    checkpoint["optimizer"]["param_groups"][0].update(group)
+    with pytest.raises(CheckpointError) as error:
+        resumed(checkpoint, "plateau")
+    assert str(error.value) == (
+        "its schedule (PyTorch's schedulers' state, step_schedule) cannot be read "
+        "(OverflowError: cannot convert float infinity to integer)"
+    )
 
 
 @pytest.mark.slow
