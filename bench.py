@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import MIN_INPUT_SIZE, MODELS, AlexNet
-from data_pipeline import Data, DataConfig, load_data, packs_dir
+from data_pipeline import Data, DataConfig, load_data, packs_dir, usable_cpus
+from display_text import displayable
 from engine import configure_device, pick_device, pick_precision, sync, train_step
 from errors import DataError
 from presets import IMAGENET_MEAN, IMAGENET_STD, train_transform
@@ -64,6 +65,7 @@ from train_settings import (
     add_loading_flags,
     add_model_flags,
     add_optimisation_flags,
+    fit_workers,
 )
 
 
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     loading = {"--loader", "--pack-dir", "--pack-format", "--workers"}  # (--workers: the baseline's DataLoader's too)
     add_loading_flags(SomeFlags(parser.add_argument_group("loading image folders"), loading), defaults)
     # The conventional recipe's input and augmentation, a worker per core, a dataset large enough to time.
-    parser.set_defaults(image_size=224, augment="resized-crop", workers=os.cpu_count() or 1, train_size=4096)
+    parser.set_defaults(image_size=224, augment="resized-crop", workers=usable_cpus(), train_size=4096)
     add_measurement_flags(parser.add_argument_group("measurement"))
     return parser
 
@@ -131,6 +133,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.warmup < 0 or args.workers < 0:
         parser.error("--warmup and --workers cannot be negative")
+    fit_workers(args)  # (as train.py: no more than the CPUs this process may use, with its one note line)
     if args.image_size < MIN_INPUT_SIZE:
         parser.error(
             f"--image-size must be at least {MIN_INPUT_SIZE} (AlexNet's smallest input), got {args.image_size}"
@@ -142,7 +145,7 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.device = pick_device(args.device)
     except ValueError as error:
-        parser.error(f"--device {error}")
+        parser.error(f"--device {displayable(error)}")
     return args
 
 
@@ -216,7 +219,8 @@ def load_or_exit(args: argparse.Namespace, loader: str) -> Data:
         return load_data(config, args.device)
     except DataError as error:
         raise SystemExit(
-            f"error: --{error.setting.replace('_', '-')} {getattr(args, error.setting)}: {error}"
+            f"error: --{error.setting.replace('_', '-')} {displayable(getattr(args, error.setting))}: "
+            f"{displayable(error)}"
         ) from None
 
 
@@ -440,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: the {which} run did not finish within --timeout {args.timeout:g} s") from None
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
-            raise SystemExit(f"error: the {which} run failed: {last}")  # its last line: the error itself
+            raise SystemExit(f"error: the {which} run failed: {displayable(last)}")  # its last line: the error itself
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     if args.loader_only:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from display_text import printable
 from errors import DataError
 from folders import (
     FolderFiles,
@@ -445,7 +446,8 @@ def load_packed(
     """Both splits from their packs in format `fmt`, packed first where needed (see packs.build_pack)."""
     files, bad, folder = [], [], packs_dir(config)
     if not config.pack_dir and folder != Path(config.data_root) / "packs":
-        print(f"note: {config.data_root} cannot be written (read-only data?): the packs go to {folder}/ "
+        print(f"note: {printable(str(config.data_root))} cannot be written (read-only data?): the packs go to "
+              f"{printable(str(folder))}/ "
               "instead (--pack-dir chooses another)")  # fmt: skip
     for split_dir, samples in ((listing.train_dir, listing.train), (listing.val_dir, listing.val)):
         path, meta = build_pack(
@@ -528,7 +530,8 @@ def decode_cache_dir(data_root: Path) -> Path:
     """<data_root>/cache, or data/cache (with a note) where data_root cannot be written."""
     cache = writable_under(data_root, "cache")
     if cache != data_root / "cache":
-        print(f"note: {data_root} cannot be written (read-only data?): the decode cache goes to {cache}/ instead "
+        print(f"note: {printable(str(data_root))} cannot be written (read-only data?): the decode cache goes to "
+              f"{printable(str(cache))}/ instead "
               "(train.py --cache-dir chooses another)")  # fmt: skip
     return cache
 
@@ -539,7 +542,7 @@ def report_bad_files(bad: list[str], max_bad_files: int) -> None:
     if bad:
         print(
             f"warning: skipped {len(bad)} unreadable image file(s) (allowed: {max_bad_files}): "
-            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}",
+            f"{', '.join(map(printable, bad[:5]))}{' ...' if len(bad) > 5 else ''}",
             file=sys.stderr,
         )
 

@@ -8,6 +8,8 @@ lone surrogates, which no encoder accepts), or a leading "=" that a spreadsheet 
     'caf\\\\xe9\\\\x1b[31m'
     >>> spreadsheet_cell("=HYPERLINK(1)")  # OWASP's advice for CSV injection: a leading quote
     "'=HYPERLINK(1)"
+    >>> displayable("a\\\\b\\x1b")  # a message: an escape for ESC, the backslash left as it is
+    'a\\\\b\\\\x1b'
 
 Ordinary Unicode (accents, CJK, emoji) passes through unchanged; only what cannot be shown as text is
 written as a Python escape, so that two different names never look the same.
@@ -32,11 +34,24 @@ def escaped(character: str) -> str:
 def printable(text: str) -> str:
     """`text` with every control, format (e.g. right-to-left override), separator other than the plain space,
     lone surrogate and backslash written as an escape: one line, as it would be typed, safe on a terminal."""
+    return escape_unshowable(text, backslash=True)
+
+
+def displayable(text: object) -> str:
+    """str(`text`) as `printable` writes it, except that a backslash stays as it is: for a message (an error's
+    text, a warning, a CSV cell) that may already hold names made printable, which this leaves unchanged, so
+    that applying it where the line is printed never escapes anything twice."""
+    return escape_unshowable(str(text), backslash=False)
+
+
+def escape_unshowable(text: str, backslash: bool) -> str:
+    """`text` with what cannot be shown as text escaped, and backslashes too if `backslash`."""
     out = []
     for character in text:
         category = unicodedata.category(character)
         if character == "\\":
-            out.append("\\\\")  # so that an escape we write is never confused with one in the name
+            # doubled, so that an escape we write is never confused with one in the name
+            out.append("\\\\" if backslash else character)
         elif character == " " or category[0] not in "CZ":
             out.append(character)
         else:
@@ -45,7 +60,7 @@ def printable(text: str) -> str:
 
 
 def spreadsheet_cell(text: str) -> str:
-    """`text` for one cell of a CSV file: printable, and with a leading quote where a spreadsheet would
-    otherwise read it as a formula."""
-    text = printable(text)
+    """`text` for one cell of a CSV file: displayable (a backslash in a Windows path stays one backslash), and
+    with a leading quote where a spreadsheet would otherwise read it as a formula."""
+    text = displayable(text)
     return "'" + text if text.startswith(FORMULA_STARTS) else text

@@ -9,6 +9,7 @@ data/cache/ for the next run; `FolderFiles` decodes file by file for streaming.
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from atomic_files import DiskFullError, save_atomically
-from display_text import printable
+from display_text import displayable, printable
 from errors import BadImageError, DataError
 from image_files import ENTRY_PROBLEMS, IMAGE_EXTENSIONS, entry_problem, open_image, pil_to_uint8
 
@@ -67,7 +68,8 @@ def folder_classes(root: Path, setting: str = "data") -> list[str]:
         )
     renamed = sorted(name for name in val_names if name not in classes and nfc(name) in normal)
     if renamed:
-        print(f"note: {len(renamed)} class folder(s) of {root}/val, e.g. {renamed[0]}, match those of train/ only in "
+        print(f"note: {len(renamed)} class folder(s) of {printable(str(root))}/val, e.g. {printable(renamed[0])}, "
+              "match those of train/ only in "
               "another Unicode form (NFC or NFD: the same letters written differently): taken as the same")  # fmt: skip
     return classes
 
@@ -125,12 +127,13 @@ def report_left_out(hidden: list[Path], other: list[Path], image_named: list[Pat
     and one for the folders named like image files."""
     if hidden:
         print(f"note: skipped {len(hidden)} hidden file(s) (names starting with '.', such as macOS's ._ "
-              f"AppleDouble files), e.g. {hidden[0]}")  # fmt: skip
+              f"AppleDouble files), e.g. {printable(str(hidden[0]))}")  # fmt: skip
     if other:
         print(f"note: skipped {len(other)} file(s) without an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}), "
-              f"e.g. {other[0]}; rename any images among them to use them")  # fmt: skip
+              f"e.g. {printable(str(other[0]))}; rename any images among them to use them")  # fmt: skip
     if image_named:
-        print(f"note: {len(image_named)} folder(s) named like an image file, e.g. {image_named[0]}/: the images "
+        example = printable(str(image_named[0]))
+        print(f"note: {len(image_named)} folder(s) named like an image file, e.g. {example}/: the images "
               "inside are read as their class's; rename the folder if it should have been a file")  # fmt: skip
 
 
@@ -148,7 +151,8 @@ def check_samples(root: Path, classes: list[str], train: list, val: list, settin
         raise DataError(f"{root}/train/{empty[0]} has no images; add some or remove the folder", setting)
     missing = [name for label, name in enumerate(classes) if not any(lab == label for _, lab in val)]
     if missing:
-        print(f"warning: {root}/val has no images of class {', '.join(missing)}", file=sys.stderr)
+        names = ", ".join(map(printable, missing))
+        print(f"warning: {printable(str(root))}/val has no images of class {names}", file=sys.stderr)
 
 
 def check_bad_files(bad: list[str] | set[str], max_bad_files: int) -> None:
@@ -234,7 +238,7 @@ class FolderFiles(torch.utils.data.Dataset):
             try:
                 return decode_for_store(path, self.channels, self.store_size), label, offset > 0
             except BadImageError as error:
-                print(f"warning: skipping {error}", file=sys.stderr)
+                print(f"warning: skipping {displayable(error)}", file=sys.stderr)
         return None, label, True
 
 
@@ -323,12 +327,15 @@ def cached_decode(
     files that killed writes left in cache_dir are removed first (remove_stale_temporary_files)."""
     prefix, key = listing_key(split_dir, samples, channels, size)
     path = cache_dir / f"{prefix}-{key}.pt"
-    remove_stale_temporary_files(cache_dir)
+    remove_stale_temporary_files(cache_dir, CACHE_TEMPORARY)  # only our own: cache_dir may be /tmp
     contents = files_digest([file for file, _ in samples], workers) if verify else None
     cached = read_cache(path, samples, channels, size, contents) if path.is_file() else None
     if cached is not None:
         return cached
-    print(f"Decoding {len(samples)} images from {split_dir} at {size}px (once; cached in {cache_dir}/)")
+    print(
+        f"Decoding {len(samples)} images from {printable(str(split_dir))} at {size}px "
+        f"(once; cached in {printable(str(cache_dir))}/)"
+    )
     images, labels, bad = decode_folder(samples, channels, size, workers)
     contents = contents or files_digest([file for file, _ in samples], workers)
     try:
@@ -338,7 +345,7 @@ def cached_decode(
         save_atomically({"images": images, "labels": labels, "bad": bad, "contents": contents}, path)
     except OSError as error:  # read-only or full disk: train anyway, without the cache
         full = isinstance(error, DiskFullError)  # its line names the file and the space
-        what = f"the cache {error}" if full else f"could not write the cache {path} ({error})"
+        what = displayable(f"the cache {error}" if full else f"could not write the cache {path} ({error})")
         print(f"warning: {what}; the next run decodes again: give a writable cache_dir (train.py --cache-dir)",
               file=sys.stderr)  # fmt: skip
     return images, labels, bad
@@ -354,7 +361,8 @@ def read_cache(path: Path, samples: list, channels: int, size: int, contents: st
         cached = torch.load(path, map_location="cpu", weights_only=True)
         images, labels, bad = cached["images"], cached["labels"], cached["bad"]
     except Exception:  # truncated, not a cache, or something weights_only refuses to unpickle
-        print(f"warning: the decode cache {path} cannot be read (damaged?); decoding again", file=sys.stderr)
+        print(f"warning: the decode cache {printable(str(path))} cannot be read (damaged?); decoding again",
+              file=sys.stderr)  # fmt: skip
         return None
     files = {str(file) for file, _ in samples}
     # The unreadable files are printed and counted: each one of the folder's, named once.
@@ -373,11 +381,13 @@ def read_cache(path: Path, samples: list, channels: int, size: int, contents: st
         and torch.equal(labels, expected)
     )
     if not fits:
-        print(f"warning: the decode cache {path} does not fit its folder (other images or labels); decoding again",
+        print(f"warning: the decode cache {printable(str(path))} does not fit its folder (other images or labels); "
+              "decoding again",
               file=sys.stderr)  # fmt: skip
         return None
     if contents is not None and cached.get("contents") != contents:
-        print(f"warning: the decode cache {path} was decoded from files whose contents have changed since (their "
+        print(f"warning: the decode cache {printable(str(path))} was decoded from files whose contents have changed "
+              "since (their "
               "names, sizes and times have not); decoding again", file=sys.stderr)  # fmt: skip
         return None
     return images, labels, bad
@@ -423,12 +433,15 @@ def digest_of(digests: list[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()[: 2 * DIGEST_BYTES]
 
 
+# The decode cache's temporary files: listing_name, "-" and the key, ".pt", then atomic_files' ".PID.tmp".
+CACHE_TEMPORARY = re.compile(r".+-[0-9a-f]{8}-[0-9]+px-[0-9]+ch-[0-9a-f]{16}\.pt\.[0-9]+\.tmp")
 STALE_SECONDS = 3600  # a temporary file untouched this long is left by a write that will not finish
 WRITER_GONE_SECONDS = 60  # ... or this long, where its writer's process id runs no process on this machine
 
 
-def remove_stale_temporary_files(folder: Path) -> None:
-    """Remove the temporary files (atomic_files' NAME.PID.tmp) that killed writes left in `folder`: any untouched
+def remove_stale_temporary_files(folder: Path, ours: re.Pattern[str] | None = None) -> None:
+    """Remove the temporary files (atomic_files' NAME.PID.tmp; in a folder shared with others, only the names
+    that `ours` matches in full) that killed writes left in `folder`: any untouched
     for an hour, and those untouched for a minute whose writer, by the process id in their name, no longer runs on
     this machine (the minute spares a write under way on another machine sharing the folder, which keeps touching
     its file). One note line says what went; a folder that cannot be listed or written is left as it is."""
@@ -439,7 +452,7 @@ def remove_stale_temporary_files(folder: Path) -> None:
         return
     for path in candidates:
         pid = path.stem.rpartition(".")[2]
-        if not pid.isdecimal():  # not a name atomic_files gives: someone else's file
+        if not pid.isdecimal() or ours is not None and not ours.fullmatch(path.name):  # someone else's file
             continue
         try:
             untouched = time.time() - path.stat().st_mtime
@@ -449,7 +462,8 @@ def remove_stale_temporary_files(folder: Path) -> None:
         except OSError:  # gone already, or not ours to remove
             continue
     if removed:
-        print(f"note: removed {len(removed)} temporary file(s) left in {folder} by writes that were killed, "
+        print(f"note: removed {len(removed)} temporary file(s) left in {printable(str(folder))} by writes that "
+              "were killed, "
               f"e.g. {printable(removed[0].name)}")  # fmt: skip
 
 

@@ -53,7 +53,7 @@ import torchvision.transforms.v2.functional as TF
 
 from atomic_files import DiskFullError
 from checkpoints import latest_checkpoint, load_checkpoint
-from display_text import printable
+from display_text import displayable, printable
 from engine import pick_device, predict
 from errors import BadImageError, CheckpointError, ExportError, first_sentence
 from export import EXPORT_FORMATS, PARITY_BATCH, check_writable, export_format, export_model, load_exported
@@ -199,7 +199,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         try:
             result_format(Path(args.output))
         except ValueError as error:
-            parser.error(f"--output {error}")
+            parser.error(f"--output {displayable(error)}")
         if not Path(args.output).parent.is_dir():
             parser.error(f"--output {args.output}: no such directory {Path(args.output).parent}")
     if args.export:
@@ -211,7 +211,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             export_format(Path(args.export))
             check_writable(Path(args.export))
         except ExportError as error:
-            parser.error(f"--export {error}")
+            parser.error(f"--export {displayable(error)}")
 
 
 def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
@@ -229,7 +229,7 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
     try:
         device = pick_device(args.device)
     except ValueError as error:
-        parser.error(f"--device {error}")
+        parser.error(f"--device {displayable(error)}")
     try:
         if checkpoint is None:
             return load_imagenet_weights(device)
@@ -238,7 +238,7 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
         return load_checkpoint(checkpoint, device)
     except (CheckpointError, ExportError) as error:
         # One line, not a traceback; a broken input (or no network) is not a usage error: status 1.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {displayable(error)}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -247,7 +247,7 @@ def export_network(path: Path, model: torch.nn.Module, meta: dict, images: list)
     try:
         report = export_model(model, meta, path, images=images)
     except ExportError as error:
-        print(f"error: --export {error}", file=sys.stderr)
+        print(f"error: --export {displayable(error)}", file=sys.stderr)
         sys.exit(1)
     print(
         f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB): its logits are within {report.max_difference:.2g} "
@@ -354,8 +354,8 @@ def write_output(out: Path, paths: list[Path], results: list, problems: list) ->
 def write_failure(flag: str, target: Path, error: OSError, what: str) -> str:
     """The one line for a file that `flag` names and that could not be written."""
     if isinstance(error, DiskFullError):
-        return f"error: {flag} {error}"  # the file, what was written and what is free
-    return f"error: {flag} {target}: cannot write {what} ({error.strerror or error}); choose another path"
+        return f"error: {flag} {displayable(error)}"  # the file, what was written and what is free
+    return f"error: {flag} {target}: cannot write {what} ({displayable(error.strerror or error)}); choose another path"
 
 
 def class_ids(meta: dict) -> dict[str, str]:

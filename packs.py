@@ -58,7 +58,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from atomic_files import flush_to_disk, one_at_a_time, write_atomically
-from display_text import printable
+from display_text import displayable, printable
 from errors import BadImageError, DataError, library_warnings_off
 from folders import (
     DIGEST_BYTES,
@@ -176,7 +176,7 @@ def damaged(file: Path, problem: str, quiet: bool = False) -> None:
 def warn(line: str, quiet: bool) -> None:
     """Print a warning line on stderr, unless `quiet` -> None (read_pack's answer for a pack not to use)."""
     if not quiet:
-        print(line, file=sys.stderr)
+        print(displayable(line), file=sys.stderr)  # it may name files and classes we did not write
 
 
 def shown(value: object) -> str:
@@ -591,7 +591,7 @@ class PackChunks(torch.utils.data.Dataset):
             try:
                 images.append((row, decode_for_store(self.samples[row][0], self.channels, self.size)))
             except BadImageError as error:
-                print(f"warning: skipping {error}", file=sys.stderr)
+                print(f"warning: skipping {displayable(error)}", file=sys.stderr)
                 bad.append(row)
         # Read again just after decoding (from the page cache): what verifying compares later.
         contents = "".join(file_digest(self.samples[row][0]).hex() for row in rows)  # (chunk_contents)

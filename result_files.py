@@ -8,8 +8,9 @@ sees half of it. CSV columns: image, error, class_1, confidence_1, ..., class_k,
 prints, or {"image": ..., "error": ...}. Confidences are written in full, not rounded.
 
 Class names and file names come from folders and files we did not write: a CSV cell holds each as
-display_text.spreadsheet_cell writes it (printable, and quoted where a spreadsheet would run it as a
-formula: "=HYPERLINK(...)" becomes "'=HYPERLINK(...)"); JSON Lines keep them exact (json.dumps escapes them).
+display_text.spreadsheet_cell writes it (controls escaped, backslashes kept, and quoted where a spreadsheet
+would run it as a formula: "=HYPERLINK(...)" becomes "'=HYPERLINK(...)"); JSON Lines keep them exact (json.dumps
+escapes them).
 """
 
 import csv

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from alexnet import AlexNet
 from atomic_files import DiskFullError, out_of_space
 from checkpoints import rng_states
 from data_pipeline import Data
-from display_text import printable
+from display_text import displayable, printable
 from engine import autocast
 from errors import first_sentence
 from neighbours import nearest_training_images
@@ -220,7 +221,7 @@ def disk_errors(out_dir: str, run_dir: Path | None = None):
             where = f"{getattr(error, 'filename', None) or out_dir}: no space left on the disk; free some space"
         if run_dir is not None and (run_dir / "last.pt").is_file():
             where += f"; {run_dir / 'last.pt'} is intact: once there is room, go on with --resume {run_dir}"
-        raise SystemExit(f"error: --out-dir {out_dir}: {where}") from None
+        raise SystemExit(f"error: --out-dir {out_dir}: {displayable(where)}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def checkpoint_state(run: Run, training: Training, record: Record, epoch: int, p
 
 
 @contextlib.contextmanager
-def drawing(run: Run, name: str):
+def drawing(run: Run, name: str) -> Iterator[None]:
     """A picture that cannot be drawn (a name or value matplotlib rejects, a bug of a library) is one warning
     line, and the run goes on: the checkpoints are saved before any picture. A full disk still stops the run
     (disk_errors), as it would at the next checkpoint."""

@@ -37,8 +37,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +59,7 @@ from checkpoints import (
     set_rng_states,
 )
 from data_pipeline import Data, DataConfig, load_data, stored_bytes
+from display_text import displayable
 from engine import (
     accuracy_counts,
     available_memory,
@@ -91,6 +94,8 @@ from schedule import Schedule, state_from_old_checkpoint
 from speedups import fast_forward
 from train_settings import TrainSettings, fit_workers, get_settings, resume_file
 from worker_deaths import WorkerDiedError
+
+T = TypeVar("T")  # whatever the batches are
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +166,7 @@ def make_setup(settings: TrainSettings) -> Setup:
     try:
         rank, world_size, device = setup_distributed(settings.device)
     except ValueError as error:
-        raise SystemExit(f"error: --device {settings.device}: {error}") from None
+        raise SystemExit(f"error: --device {settings.device}: {displayable(error)}") from None
     memory_format = configure_device(device, settings.deterministic)
     return Setup(device, pick_precision(settings.amp, device), memory_format, rank, world_size)
 
@@ -200,7 +205,8 @@ def data_errors(config: DataConfig):
         yield
     except DataError as error:
         value = getattr(config, error.setting)
-        line = f"error: --{error.setting.replace('_', '-')}{'' if value is None else f' {value}'}: {error}"
+        shown = "" if value is None else f" {displayable(value)}"
+        line = f"error: --{error.setting.replace('_', '-')}{shown}: {displayable(error)}"
         if error.setting == "dataset" and not config.download:
             line += "; add --download (needs network) or copy the files there"
         raise SystemExit(line) from None
@@ -242,7 +248,7 @@ def evaluate_checkpoint(settings: TrainSettings, checkpoint: dict, data: Data, s
     try:
         check_same_classes(checkpoint, data.classes, Path(settings.evaluate))
     except CheckpointError as error:
-        raise SystemExit(f"error: --evaluate {error}; evaluate it on the data it was trained on") from None
+        raise SystemExit(f"error: --evaluate {displayable(error)}; evaluate it on the data it was trained on") from None
     tta = settings.tta
     batches = validation_batches(data, eval_preset(checkpoint), setup.memory_format, settings.max_steps, tta)
     with data_errors(settings.data):
@@ -265,7 +271,7 @@ def build_model(settings: TrainSettings, data: Data, resume: dict | None) -> Ale
         try:
             weights = imagenet_state_dict()
         except CheckpointError as error:  # offline, or a damaged file in torch's cache
-            raise SystemExit(f"error: --pretrained imagenet: {error}") from None
+            raise SystemExit(f"error: --pretrained imagenet: {displayable(error)}") from None
         model = AlexNet.from_torchvision(weights, num_classes=len(data.classes), dropout=settings.dropout)
     else:
         channels = data.preprocess.in_channels
@@ -277,7 +283,7 @@ def build_model(settings: TrainSettings, data: Data, resume: dict | None) -> Ale
             check_same_classes(resume, data.classes, resume_file(settings.resume))
         except CheckpointError as error:
             hint = "resume with the same data and model flags, or start a new run"
-            raise SystemExit(f"error: --resume {error}; {hint}") from None
+            raise SystemExit(f"error: --resume {displayable(error)}; {hint}") from None
     return model
 
 
@@ -348,7 +354,7 @@ def restore(run: Run, training: Training, record: Record, resume: dict) -> tuple
         state = resume.get("schedule") or state_from_old_checkpoint(resume, settings.lr, settings.warmup_steps)
         training.schedule.load_state_dict(state)
     except CheckpointError as error:
-        raise SystemExit(f"error: --resume {resume_path}: {error}; start a new run") from None
+        raise SystemExit(f"error: --resume {resume_path}: {displayable(error)}; start a new run") from None
     training.scaler.load_state_dict(resume["scaler"])
     record.best_top1, record.best_weights = resume["best_top1"], resume.get("best_weights", "model")
     if training.ema is not None and resume.get("ema") is not None:
@@ -452,7 +458,7 @@ def where_it_stopped(training: Training, totals: EpochTotals, step: int, lr: flo
             "seconds": time.perf_counter() - started}  # fmt: skip
 
 
-def until_a_worker_dies(batches, died: list[str]):
+def until_a_worker_dies(batches: Iterable[T], died: list[str]) -> Iterator[T]:
     """The batches, ending early where a data-loading worker died (worker_deaths.py raises that between two
     batches, never mid-step), with its line put in `died`."""
     try:
@@ -537,10 +543,12 @@ def stop_mid_epoch(run: Run, training: Training, record: Record, epoch: int, par
     died, last = partial.pop("worker_died", None), run.run_dir / "last.pt"
     if died and run.setup.world_size > 1:  # the other processes wait in an all-reduce: nothing can be saved now
         held = f"{last} holds the run up to epoch {epoch - 1}; go on with --resume {run.run_dir}"
+        died = displayable(died)
         raise SystemExit(f"error: {died} in process {run.setup.rank}; {held if last.is_file() else 'nothing saved'}")
     if run.setup.rank == 0:
         save_checkpoint(checkpoint_state(run, training, record, epoch - 1, partial), last)
     if died:
+        died = displayable(died)
         raise SystemExit(f"error: {died}; {last} holds the run up to epoch {epoch}, step {partial['batch']}; "
                          f"go on with --resume {run.run_dir}")  # fmt: skip
     run.log(
@@ -644,7 +652,7 @@ def validate(run: Run, forward: torch.nn.Module, epoch: int) -> dict:
             where = f" in process {setup.rank}" if setup.world_size > 1 else ""
             saved = (f"{last} holds the run up to epoch {epoch - 1}; go on with --resume {run.run_dir}"
                      if last.is_file() else "no checkpoint written yet; start the run again")  # fmt: skip
-            raise SystemExit(f"error: {error} while validating epoch {epoch}{where}; {saved}") from None
+            raise SystemExit(f"error: {displayable(error)} while validating epoch {epoch}{where}; {saved}") from None
 
 
 if __name__ == "__main__":

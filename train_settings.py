@@ -23,7 +23,7 @@ import torch
 from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE
 from checkpoints import read_checked_checkpoint
 from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, DataConfig, usable_cpus
-from display_text import printable
+from display_text import displayable, printable
 from engine import pick_device
 from errors import CheckpointError
 from packs import PACK_FORMATS
@@ -559,11 +559,11 @@ def check_args(parser: argparse.ArgumentParser, values: dict) -> TrainSettings:
         try:
             check_tensorboard()
         except ImportError as error:
-            parser.error(f"--tensorboard: {error}")
+            parser.error(f"--tensorboard: {displayable(error)}")
     try:
         device = pick_device(values["device"])
     except ValueError as error:
-        parser.error(f"--device {error}")
+        parser.error(f"--device {displayable(error)}")
     return settings_from({**values, "device": device})
 
 
@@ -643,6 +643,7 @@ def refuse_bad_brought_values(values: dict, given: dict, resume: str | None, eva
     problem = bad_value(values)
     if problem is None:
         return
+    problem = displayable(problem)  # it may quote a value the checkpoint brought (its --data path)
     flag = problem.split()[0].split("=")[0] if problem.startswith("--") else ""
     key = flag[2:].replace("-", "_")
     value = shown_value(values.get(key))
@@ -652,10 +653,10 @@ def refuse_bad_brought_values(values: dict, given: dict, resume: str | None, eva
     if resume and key in values and key not in given:
         raise SystemExit(f"error: {resume_file(resume)}: saved setting {key} = {value} is refused: {problem}; "
                          f"give {flag} to replace it, or start a new run")  # fmt: skip
-    raise SystemExit(f"error: {problem} (with the settings of {resume or evaluate})")
+    raise SystemExit(f"error: {problem} (with the settings of {displayable(resume or evaluate)})")
 
 
-def fit_workers(data: DataConfig) -> None:
+def fit_workers(data: DataConfig | argparse.Namespace) -> None:
     """--workers no higher than the CPUs this process may use, with one note: 200 decoding processes on 2 cores
     take gigabytes of memory and load a hundred times slower than 2 (and draw a warning from DataLoader)."""
     cpus = usable_cpus()
@@ -677,7 +678,7 @@ def read_checkpoint_or_exit(name: str, default_file: str, flag: str) -> dict:
     try:
         return read_checked_checkpoint(path)
     except CheckpointError as error:
-        raise SystemExit(f"error: {flag} {error}") from None
+        raise SystemExit(f"error: {flag} {displayable(error)}") from None
 
 
 def resume_file(name: str) -> Path:

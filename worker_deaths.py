@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 from collections.abc import Iterable, Iterator
+from types import FrameType
 
 from errors import DataError
 
@@ -61,7 +62,7 @@ def defer_worker_deaths() -> None:
     if getattr(handler, "defers_worker_deaths", False):
         return
 
-    def deferring(signum: int, frame) -> None:
+    def deferring(signum: int, frame: FrameType | None) -> None:
         try:
             handler(signum, frame)
         except RuntimeError as error:
