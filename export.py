@@ -126,6 +126,8 @@ def export_model(
     check_writable(path)
     if suffix == ".onnx":
         require_onnx(path, export=True)
+    else:
+        require_pt2_archive(path)
     device, training = next(model.parameters()).device, model.training
     model.cpu().eval()  # exported from the CPU, in fp32 as trained; put back where it was below
     metadata = export_metadata(model, meta)
@@ -353,10 +355,26 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     path = Path(path)
     suffix = export_format(path)
     check_readable(path)
+    if suffix == ".pt2":
+        require_pt2_archive(path)
     network, meta, stored, computed = load_onnx(path) if suffix == ".onnx" else load_pt2(path, device)
     if stored is not None and stored != computed:
         raise damaged(path)
     return network, meta
+
+
+def pt2_archive_supported() -> bool:
+    """Whether this torch writes and reads the PT2 archive (torch.export.pt2_archive: weights as raw bytes),
+    the only .pt2 layout pt2_files.py can check: older releases (torch 2.5) pickle the weights into the file."""
+    return importlib.util.find_spec("torch.export.pt2_archive") is not None
+
+
+def require_pt2_archive(path: Path) -> None:
+    if not pt2_archive_supported():
+        raise ExportError(
+            f"{path}: torch {torch.__version__} writes and reads .pt2 files in its older layout, whose weights "
+            "are unpickled when read (code could run): refused; use .onnx, or a newer torch for .pt2"
+        )
 
 
 def damaged(path: Path) -> ExportError:

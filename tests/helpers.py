@@ -198,3 +198,16 @@ def fill_the_disk_at(monkeypatch: pytest.MonkeyPatch, name: str, nth: int) -> No
         return previous(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(atomic_files, "open", open_on_a_full_disk, raising=False)
+
+
+def _pt2_archive() -> bool:
+    from export import pt2_archive_supported
+
+    return pt2_archive_supported()
+
+
+# torch 2.5 (the floor) writes .pt2 files in its older, pickled layout: refused there (test_export's
+# test_a_torch_without_the_pt2_archive_refuses_pt2_in_one_line), so the tests that make one need a newer torch.
+needs_pt2_archive = pytest.mark.skipif(
+    not _pt2_archive(), reason="this torch writes .pt2 files in the older, pickled layout, which is refused"
+)

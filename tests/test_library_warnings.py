@@ -5,7 +5,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET
+from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, needs_pt2_archive
 
 import export
 from alexnet import AlexNet
@@ -27,6 +27,7 @@ def exporting_with_a_warning(monkeypatch: pytest.MonkeyPatch, message: str) -> N
     monkeypatch.setattr(export, "write_pt2", write_pt2)
 
 
+@needs_pt2_archive
 def test_the_exporters_own_warning_is_kept_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exporting_with_a_warning(monkeypatch, TORCH_2_11)
     meta = {"classes": CHECKPOINT_CLASSES, "preprocess": CHECKPOINT_PRESET}
@@ -36,6 +37,7 @@ def test_the_exporters_own_warning_is_kept_quiet(tmp_path: Path, monkeypatch: py
     assert report.path.is_file()
 
 
+@needs_pt2_archive
 def test_any_other_warning_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exporting_with_a_warning(monkeypatch, "something the user should see")
     meta = {"classes": CHECKPOINT_CLASSES, "preprocess": CHECKPOINT_PRESET}

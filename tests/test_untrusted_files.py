@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, SCRIPT_ENV, run
+from helpers import CHECKPOINT_CLASSES, CHECKPOINT_PRESET, SCRIPT_ENV, needs_pt2_archive, run
 from PIL import Image
 
 from alexnet import AlexNet
@@ -189,6 +189,7 @@ def refusal(path: Path) -> str:
     return message
 
 
+@needs_pt2_archive
 @pytest.mark.parametrize("variant", list(UNSAFE))
 def test_a_pt2_that_would_run_code_is_refused_unread(genuine: Path, tmp_path: Path, variant: str) -> None:
     craft, named = UNSAFE[variant]
@@ -198,6 +199,7 @@ def test_a_pt2_that_would_run_code_is_refused_unread(genuine: Path, tmp_path: Pa
     assert not marker.exists()
 
 
+@needs_pt2_archive
 def test_the_genuine_file_still_loads(genuine: Path, tmp_path: Path) -> None:
     """A trained model's export (channels_last weights) is written without a word from torch and read back; and,
     rewritten member by member as the crafted files are (another zip writer), it still reads: what is refused
@@ -251,6 +253,7 @@ UNEXPECTED = {
 }
 
 
+@needs_pt2_archive
 @pytest.mark.parametrize("variant", list(UNEXPECTED))
 def test_a_pt2_holding_what_no_export_holds_is_refused(genuine: Path, tmp_path: Path, variant: str) -> None:
     craft, named = UNEXPECTED[variant]
@@ -259,6 +262,7 @@ def test_a_pt2_holding_what_no_export_holds_is_refused(genuine: Path, tmp_path: 
     assert "refused" in message and named in message, message
 
 
+@needs_pt2_archive
 def test_a_pt2_zip_bomb_and_duplicate_members_are_refused_unread(genuine: Path, tmp_path: Path) -> None:
     """A member deflated from 1 GB to a few kB (torch's reader would inflate it whole), and two members of one
     name (zip readers disagree on which one counts): refused before anything is inflated or read."""
@@ -413,6 +417,7 @@ BAD_METADATA = {
 }
 
 
+@needs_pt2_archive
 @pytest.mark.parametrize("case", list(BAD_METADATA))
 def test_an_export_whose_metadata_makes_no_sense_is_refused_in_one_line(
     genuine: Path, tmp_path: Path, case: str
@@ -422,6 +427,7 @@ def test_an_export_whose_metadata_makes_no_sense_is_refused_in_one_line(
     assert refusal(path).startswith(f"{path}: {expected}"), refusal(path)
 
 
+@needs_pt2_archive
 def test_an_export_checks_its_archive_as_read_not_only_as_first_seen(
     genuine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
