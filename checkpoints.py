@@ -28,8 +28,9 @@ import torch
 
 from alexnet import AlexNet
 from atomic_files import save_atomically
+from display_text import shown
 from errors import CheckpointError, first_sentence
-from presets import EvalPreset, preset_problem, shown
+from presets import EvalPreset, preset_problem
 
 CHECKPOINT_KEYS = ("model", "model_config", "classes", "preprocess")
 PREPROCESS_KEYS = tuple(field.name for field in fields(EvalPreset))

@@ -15,6 +15,7 @@ Ordinary Unicode (accents, CJK, emoji) passes through unchanged; only what canno
 written as a Python escape, so that two different names never look the same.
 """
 
+import math
 import unicodedata
 
 # Characters that start a formula (or a DDE call) in Excel, LibreOffice and Google Sheets.
@@ -64,3 +65,12 @@ def spreadsheet_cell(text: str) -> str:
     with a leading quote where a spreadsheet would otherwise read it as a formula."""
     text = displayable(text)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value read from a file, for a one-line message: as Python writes it (repr escapes what cannot be shown),
+    cut to `limit` characters; an int too long for repr (over 4300 digits) by its number of digits."""
+    if isinstance(value, int) and abs(value).bit_length() > 256:
+        return f"<a number of about {math.floor(abs(value).bit_length() * math.log10(2)) + 1} digits>"
+    text = displayable(repr(value))  # (displayable: what a custom __repr__ might still hold)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

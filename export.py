@@ -46,8 +46,9 @@ from torch import nn
 from alexnet import AlexNet
 from atomic_files import DiskFullError, out_of_space, tensor_bytes
 from checkpoints import checksum, classes_problem
+from display_text import shown
 from errors import ExportError, first_sentence, library_warnings_off
-from presets import EVAL_FIELDS, EvalPreset, eval_transform, preset_problem, shown
+from presets import EVAL_FIELDS, EvalPreset, eval_transform, preset_problem
 from pt2_files import Pt2Contents, inspect_pt2
 from shapes import make_shapes
 

@@ -58,7 +58,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from atomic_files import flush_to_disk, one_at_a_time, write_atomically
-from display_text import displayable, printable
+from display_text import displayable, printable, shown
 from errors import BadImageError, DataError, library_warnings_off
 from folders import (
     DIGEST_BYTES,
@@ -177,12 +177,6 @@ def warn(line: str, quiet: bool) -> None:
     """Print a warning line on stderr, unless `quiet` -> None (read_pack's answer for a pack not to use)."""
     if not quiet:
         print(displayable(line), file=sys.stderr)  # it may name files and classes we did not write
-
-
-def shown(value: object) -> str:
-    """A value read from a file, for a message: its repr, escaped and cut short."""
-    text = printable(repr(value))
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def whole_number(value: object) -> bool:

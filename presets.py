@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from display_text import shown
+
 AUGMENTATIONS = ("auto", "crop", "resized-crop", "none")
 # Test-time augmentation: how many views of each image are classified (their softmax averaged).
 TTA_VIEWS = {"none": 1, "flip": 2, "10crop": 10}
@@ -116,12 +118,6 @@ def numbers_problem(values: object, channels: object, low: float, high: float) -
 
 
 MAX_CHANNELS = max(CHANNELS)
-
-
-def shown(value: object, limit: int = 80) -> str:
-    """A value read from a file, as Python writes it (escapes and all: one line, safe on a terminal), cut short."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 # The evaluation preprocessing torchvision's ImageNet weights were trained for (their transforms():

@@ -34,9 +34,8 @@ from typing import BinaryIO
 
 import torch
 
-from display_text import printable
+from display_text import printable, shown
 from errors import ExportError, first_sentence
-from presets import shown
 
 MODEL = "models/model.json"
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"

@@ -32,7 +32,7 @@ import re
 import torch
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
 
-from display_text import printable
+from display_text import printable, shown
 from errors import CheckpointError, library_warnings_off
 
 SCHEDULES = ("step", "onecycle", "plateau")
@@ -215,21 +215,6 @@ def quiet_step(scheduler: LRScheduler, optimizer: torch.optim.Optimizer) -> None
 
 def is_count(value: object, most: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most
-
-
-def shown(value: object) -> str:
-    """A checkpoint's value for a message, made short before it is written out: Python's repr refuses ints of over
-    4300 digits, and a list or text may be of any length."""
-    if isinstance(value, int) and abs(value).bit_length() > 256:  # (its repr would be too long for a message)
-        return f"<a number of about {math.floor(abs(value).bit_length() * math.log10(2)) + 1} digits>"
-    if isinstance(value, list):
-        items = ", ".join(
-            shown(item) if isinstance(item, (int, float, str)) else type(item).__name__ for item in value[:4]
-        )
-        return f"[{items}{', ...' if len(value) > 4 else ''}]"
-    if isinstance(value, str):
-        return repr(value[:40])
-    return repr(value) if isinstance(value, (int, float, type(None))) else type(value).__name__
 
 
 def state_from_old_checkpoint(checkpoint: dict, lr: float, warmup_steps: int) -> dict:

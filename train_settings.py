@@ -23,7 +23,7 @@ import torch
 from alexnet import INITS, MIN_INPUT_SIZE, MODELS, TORCHVISION_MIN_INPUT_SIZE
 from checkpoints import read_checked_checkpoint
 from data_pipeline import DATASETS, DEFAULT_IMAGE_SIZE, LOADERS, DataConfig, usable_cpus
-from display_text import displayable, printable
+from display_text import displayable, printable, shown
 from engine import pick_device
 from errors import CheckpointError
 from packs import PACK_FORMATS
@@ -596,12 +596,6 @@ def get_settings(
     return settings_from({**values, "device": command_line.device}), resume, evaluated
 
 
-def shown_value(value: object) -> str:
-    """A value read from a checkpoint, for a message: its repr, escaped and cut short."""
-    text = printable(repr(value))
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def check_saved_settings(parser: argparse.ArgumentParser, saved: object, given: dict, path: Path) -> None:
     """One error line naming the checkpoint and the setting for a saved setting ("args") of a type or value its flag
     would not parse to (one given on the command line replaces it, and is not looked at); a note line for those
@@ -626,7 +620,7 @@ def check_saved_settings(parser: argparse.ArgumentParser, saved: object, given: 
             why = f"is not one of {', '.join(map(str, action.choices))}"
         if why:
             flag = action.option_strings[0]
-            raise SystemExit(f"error: {path}: saved setting {printable(str(key))} = {shown_value(value)} {why}; "
+            raise SystemExit(f"error: {path}: saved setting {printable(str(key))} = {shown(value)} {why}; "
                              f"give {flag} to replace it, or start a new run")  # fmt: skip
 
 
@@ -638,7 +632,7 @@ def refuse_bad_brought_values(values: dict, given: dict, resume: str | None, eva
         for key in ("image_size", "in_channels"):
             value = values[key]
             if not isinstance(value, int) or isinstance(value, bool) or key == "in_channels" and value not in (1, 3):
-                raise SystemExit(f"error: {evaluated}: saved preprocess {key} = {shown_value(value)} is not a usable "
+                raise SystemExit(f"error: {evaluated}: saved preprocess {key} = {shown(value)} is not a usable "
                                  "input size or channel count; evaluate another checkpoint")  # fmt: skip
     problem = bad_value(values)
     if problem is None:
@@ -646,7 +640,7 @@ def refuse_bad_brought_values(values: dict, given: dict, resume: str | None, eva
     problem = displayable(problem)  # it may quote a value the checkpoint brought (its --data path)
     flag = problem.split()[0].split("=")[0] if problem.startswith("--") else ""
     key = flag[2:].replace("-", "_")
-    value = shown_value(values.get(key))
+    value = shown(values.get(key))
     if evaluated and key in ("image_size", "in_channels"):
         raise SystemExit(f"error: {evaluated}: saved preprocess {key} = {value} is refused: {problem}; "
                          "evaluate another checkpoint")  # fmt: skip
