@@ -4,7 +4,7 @@ import argparse
 import importlib
 
 import pytest
-from helpers import ROOT, run
+from helpers import run
 
 SCRIPTS = ["train", "inference", "bench", "acceptance"]
 
@@ -42,4 +42,3 @@ def test_help_runs_as_a_user_would(script: str, tmp_path) -> None:
     assert result.stdout.startswith(f"usage: {script}.py"), result.stdout[:200]
     assert not result.stderr.strip(), result.stderr
     assert not list(tmp_path.iterdir()), "--help wrote files"
-    assert (ROOT / f"{script}.py").is_file()
